@@ -1,0 +1,53 @@
+"""Login for a small site: NativeAuthenticator (bcrypt-hashed passwords, sign-up that an
+admin approves), plus a first admin account created from a credentials file on first run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import bcrypt
+from nativeauthenticator import NativeAuthenticator
+from nativeauthenticator.orm import UserInfo
+from traitlets import Unicode
+
+
+def read_credentials(path: Path) -> tuple[str, str]:
+    """``(username, password)`` from a file of ``username: NAME`` / ``password: SECRET`` lines."""
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            values[key.strip()] = value.strip()
+    if not values.get("username") or not values.get("password"):
+        raise ValueError(f"{path}: needs 'username:' and 'password:' lines")
+    return values["username"], values["password"]
+
+
+class DeskhubNativeAuthenticator(NativeAuthenticator):
+    first_admin_file = Unicode(
+        "",
+        config=True,
+        help="""
+        File with the first admin's generated credentials (``username: admin`` and
+        ``password: ...`` lines, mode 0600), written by ``deploy/up`` on first run. The
+        account is created once, already approved, if it does not exist. Example:
+        ``/var/lib/deskhub/admin-credentials``.
+        """,
+    )
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        if self.first_admin_file and os.path.exists(self.first_admin_file):
+            self.ensure_first_admin(Path(self.first_admin_file))
+
+    def ensure_first_admin(self, path: Path) -> None:
+        username, password = read_credentials(path)
+        username = self.normalize_username(username)
+        if self.get_user(username) is not None:
+            return
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt())
+        self.db.add(UserInfo(username=username, password=hashed, is_authorized=True))
+        self.db.commit()
+        self.admin_users = set(self.admin_users) | {username}
+        self.log.info("created the first admin account %r from %s", username, path)

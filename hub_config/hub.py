@@ -1,0 +1,103 @@
+"""Turn the validated site config into JupyterHub settings.
+
+Called from the thin ``jupyterhub_config.py``. It only sets values on ``c``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from .site import SiteConfigError, load_site
+
+DEFAULT_STATE_DIR = "/var/lib/deskhub"
+
+
+def network_gateway(network: str, endpoint: str = "unix:///var/run/docker.sock") -> str:
+    """The gateway address of the sessions' bridge network (created if missing).
+
+    The hub listens there, so session containers reach its API and nothing else of the host
+    needs to be exposed to them.
+    """
+    client = docker.APIClient(base_url=endpoint, version="auto", timeout=20)
+    found = client.networks(names=[network])
+    found = [n for n in found if n["Name"] == network]
+    if not found:
+        client.create_network(network, driver="bridge", labels={"deskhub.managed": "true"})
+        found = [client.inspect_network(network)]
+    config = client.inspect_network(found[0]["Id"])["IPAM"]["Config"]
+    return config[0]["Gateway"]
+
+
+def idle_culler(timeout: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The idle-culler service and the narrowest role it needs."""
+    if timeout <= 0:
+        return [], []
+    service = {
+        "name": "idle-culler",
+        "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={timeout}"],
+    }
+    role = {
+        "name": "idle-culler",
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+        "services": ["idle-culler"],
+    }
+    return [service], [role]
+
+
+def configure(c: Any) -> dict[str, Any]:
+    """Apply the site config to the JupyterHub config object ``c``; returns the site config."""
+    try:
+        site = load_site(os.environ.get("DESKHUB_SITE_CONFIG") or None)
+    except SiteConfigError as err:
+        print(f"deskhub: site configuration error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+    hub = site["hub"]
+    state = Path(hub.get("state_dir") or os.environ.get("DESKHUB_STATE_DIR") or DEFAULT_STATE_DIR)
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sessions = site["sessions"]
+    local = next(
+        (n["endpoint"] for n in site["nodes"] if n["endpoint"].startswith("unix://")),
+        "unix:///var/run/docker.sock",
+    )
+    gateway = network_gateway(hub["network"], local)
+
+    c.JupyterHub.bind_url = hub["bind_url"]
+    c.JupyterHub.hub_ip = gateway
+    c.JupyterHub.hub_connect_ip = gateway
+    c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
+    c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
+    c.ConfigurableHTTPProxy.pid_file = str(state / "jupyterhub-proxy.pid")
+    # sessions outlive the hub: a hub restart finds them through their containers
+    c.JupyterHub.cleanup_servers = False
+
+    c.JupyterHub.authenticator_class = "deskhub.authenticators.native.DeskhubNativeAuthenticator"
+    c.DeskhubNativeAuthenticator.first_admin_file = str(state / "admin-credentials")
+    c.Authenticator.admin_users = set(hub["admin_users"])
+    # NativeAuthenticator itself refuses accounts an admin has not approved
+    c.Authenticator.allow_all = True
+
+    c.JupyterHub.spawner_class = "deskhub.spawner.spawner.DeskhubSpawner"
+    c.DeskhubSpawner.environments = site["environments"]
+    c.DeskhubSpawner.experiments = site["data"]["experiments"]
+    c.DeskhubSpawner.nodes = site["nodes"]
+    c.DeskhubSpawner.network_name = hub["network"]
+    c.DeskhubSpawner.use_internal_ip = True
+    c.DeskhubSpawner.remove = True
+    c.DeskhubSpawner.prefix = "deskhub"
+    c.DeskhubSpawner.session_uid = sessions["uid"]
+    c.DeskhubSpawner.session_gid = sessions["gid"]
+    c.DeskhubSpawner.pids_limit = sessions["pids_limit"]
+    c.DeskhubSpawner.start_timeout = sessions["start_timeout"]
+    c.DeskhubSpawner.http_timeout = sessions["start_timeout"]
+    c.Spawner.default_url = "/lab"
+
+    services, roles = idle_culler(sessions["idle_timeout"])
+    c.JupyterHub.services = services
+    c.JupyterHub.load_roles = roles
+    return {**site, "hub": {**hub, "state_dir": str(state)}}

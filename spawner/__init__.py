@@ -1,0 +1,1 @@
+"""deskhub's spawner: places each session on a node and starts its desktop container."""
