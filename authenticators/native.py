@@ -8,7 +8,10 @@ from pathlib import Path
 
 import bcrypt
 from nativeauthenticator import NativeAuthenticator
+from nativeauthenticator import handlers as native_handlers
 from nativeauthenticator.orm import UserInfo
+from tornado.escape import url_escape
+from tornado.httputil import url_concat
 from traitlets import Unicode
 
 
@@ -22,6 +25,46 @@ def read_credentials(path: Path) -> tuple[str, str]:
     if not values.get("username") or not values.get("password"):
         raise ValueError(f"{path}: needs 'username:' and 'password:' lines")
     return values["username"], values["password"]
+
+
+class _NoStats:
+    """Stands in for the statsd client that JupyterHub 6 removed from its handlers."""
+
+    def timer(self, name: str) -> _NoStats:
+        return self
+
+    def start(self) -> _NoStats:
+        return self
+
+    def stop(self, send: bool = True) -> None:
+        return None
+
+
+class LoginHandler(native_handlers.LoginHandler):
+    """NativeAuthenticator 1.3's login page, mended for JupyterHub 6.
+
+    Its handler times logins with ``self.statsd`` and renders without the ``sync`` flag
+    JupyterHub 6 passes when it shows a login error; both broke every login (HTTP 500).
+    """
+
+    statsd = _NoStats()
+
+    def _render(self, login_error=None, username=None, sync=False, **ignored):  # type: ignore[no-untyped-def]
+        return self.render_template(
+            "native-login.html",
+            sync=sync,
+            next=url_escape(self.get_argument("next", default="")),
+            username=username,
+            login_error=login_error,
+            custom_html=self.authenticator.custom_html,
+            login_url=self.settings["login_url"],
+            enable_signup=self.authenticator.enable_signup,
+            two_factor_auth=self.authenticator.allow_2fa,
+            authenticator_login_url=url_concat(
+                self.authenticator.login_url(self.hub.base_url),
+                {"next": self.get_argument("next", "")},
+            ),
+        )
 
 
 class DeskhubNativeAuthenticator(NativeAuthenticator):
@@ -40,6 +83,12 @@ class DeskhubNativeAuthenticator(NativeAuthenticator):
         super().__init__(*args, **kwargs)
         if self.first_admin_file and os.path.exists(self.first_admin_file):
             self.ensure_first_admin(Path(self.first_admin_file))
+
+    def get_handlers(self, app):  # type: ignore[no-untyped-def]
+        return [
+            (r"/login", LoginHandler) if route == r"/login" else (route, handler)
+            for route, handler in super().get_handlers(app)
+        ]
 
     def ensure_first_admin(self, path: Path) -> None:
         username, password = read_credentials(path)

@@ -192,6 +192,19 @@ class DeskhubSpawner(DockerSpawner):
             node.release(key)
             asyncio.ensure_future(node.refresh())
 
+    # -- a session never placed has no container to look at ---------------------------
+    async def get_object(self) -> dict[str, Any] | None:
+        if not self.node_name or self.pool.get(self.node_name) is None:
+            self.object_id = ""
+            return None
+        return await super().get_object()
+
+    async def stop(self, now: bool = False) -> None:
+        if not self.node_name:
+            self.clear_state()
+            return
+        await super().stop(now)
+
     async def _container_exists(self) -> bool:
         try:
             return await self.get_object() is not None

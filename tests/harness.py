@@ -1,0 +1,215 @@
+"""Run a real deskhub (JupyterHub + configurable-http-proxy + DeskhubSpawner on the local
+Docker engine) in a scratch directory, for tests and the benchmark script.
+
+Everything the hub gets comes from the same place as in production: the site YAML and the
+thin ``hub_config/jupyterhub_config.py``. The only addition is a ``jupyterhub_config.d``
+file that gives the harness an API token with admin scopes and test-only name prefixes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+import requests
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+HUB_CONFIG = ROOT / "hub_config" / "jupyterhub_config.py"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+EXTRA_CONFIG = """
+c.JupyterHub.services.append({{"name": "harness", "api_token": {token!r}}})
+c.JupyterHub.load_roles.append({{
+    "name": "harness",
+    "scopes": ["admin:users", "admin:servers", "access:servers", "admin:groups",
+               "read:hub", "tokens"],
+    "services": ["harness"],
+}})
+c.DeskhubSpawner.prefix = {prefix!r}
+c.DeskhubSpawner.home_volume_template = {prefix!r} + "-home-{{username}}"
+c.JupyterHub.log_level = "DEBUG"
+"""
+
+
+class Hub:
+    """A deskhub instance in ``workdir``; ``start``/``stop``/``restart`` it like an admin."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        site: dict[str, Any],
+        *,
+        prefix: str = "deskhubtest",
+        network: str = "deskhub-test",
+        spawner_config: str = "",
+    ) -> None:
+        self.workdir = workdir
+        self.state = workdir / "state"
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.prefix = prefix
+        self.network = network
+        self.token = secrets.token_hex(24)
+        self.admin_password = secrets.token_urlsafe(12)
+        site = {**site, "hub": {**site.get("hub", {}), "bind_url": self.url, "network": network}}
+        self.site_path = workdir / "site.yaml"
+        self.site_path.write_text(yaml.safe_dump(site))
+        (self.state / "admin-credentials").write_text(
+            f"username: admin\npassword: {self.admin_password}\n"
+        )
+        config_d = self.state / "jupyterhub_config.d"
+        config_d.mkdir(exist_ok=True)
+        (config_d / "50-harness.py").write_text(
+            EXTRA_CONFIG.format(token=self.token, prefix=prefix) + spawner_config
+        )
+        self.log_path = workdir / "jupyterhub.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.docker = docker.from_env()
+
+    # -- process -----------------------------------------------------------------------
+    def start(self, timeout: float = 60) -> None:
+        env = {
+            **os.environ,
+            "DESKHUB_STATE_DIR": str(self.state),
+            "DESKHUB_SITE_CONFIG": str(self.site_path),
+            "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
+        }
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [str(VENV_BIN / "jupyterhub"), "-f", str(HUB_CONFIG)],
+            cwd=self.state,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hub exited during start:\n{self.log_tail()}")
+            try:
+                if requests.get(f"{self.url}/hub/api/", timeout=2).ok:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"hub did not answer in {timeout}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log_tail(self, lines: int = 60) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    # -- REST API ------------------------------------------------------------------------
+    def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": f"token {self.token}", **kwargs.pop("headers", {})}
+        return requests.request(
+            method, f"{self.url}/hub/api{path}", headers=headers, timeout=60, **kwargs
+        )
+
+    def ensure_user(self, name: str, groups: tuple[str, ...] = ()) -> None:
+        if self.api("GET", f"/users/{name}").status_code == 404:
+            self.api("POST", f"/users/{name}").raise_for_status()
+        for group in groups:
+            if self.api("GET", f"/groups/{group}").status_code == 404:
+                self.api("POST", f"/groups/{group}").raise_for_status()
+            self.api("POST", f"/groups/{group}/users", json={"users": [name]}).raise_for_status()
+
+    def spawn(self, user: str, options: dict[str, Any] | None = None) -> requests.Response:
+        body = {"user_options": options} if options is not None else {}
+        return self.api("POST", f"/users/{user}/server", data=json.dumps(body))
+
+    def wait_ready(self, user: str, timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            model = self.api("GET", f"/users/{user}").json()
+            server = model.get("servers", {}).get("")
+            if server and server.get("ready"):
+                return server
+            if not server or not server.get("pending") and not server.get("ready"):
+                raise RuntimeError(f"{user}'s server stopped while starting:\n{self.log_tail()}")
+            time.sleep(0.25)
+        raise TimeoutError(f"{user}'s server not ready in {timeout}s:\n{self.log_tail()}")
+
+    def spawn_ready(self, user: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = self.spawn(user, options)
+        if response.status_code not in (201, 202):
+            raise RuntimeError(f"spawn refused: {response.status_code} {response.text}")
+        return self.wait_ready(user)
+
+    def stop_server(self, user: str, timeout: float = 60) -> None:
+        response = self.api("DELETE", f"/users/{user}/server")
+        if response.status_code not in (202, 204, 400):
+            response.raise_for_status()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            server = self.api("GET", f"/users/{user}").json().get("servers", {}).get("")
+            if not server:
+                return
+            time.sleep(0.25)
+        raise TimeoutError(f"{user}'s server did not stop in {timeout}s")
+
+    def user_get(self, user: str, path: str, **kwargs: Any) -> requests.Response:
+        """GET a path of the user's server through the proxy, with the harness's token."""
+        return requests.get(
+            f"{self.url}/user/{user}/{path.lstrip('/')}",
+            headers={"Authorization": f"token {self.token}"},
+            timeout=30,
+            **kwargs,
+        )
+
+    # -- Docker side ---------------------------------------------------------------------
+    def container(self, user: str) -> Any:
+        return self.docker.containers.get(f"{self.prefix}-{user}")
+
+    def containers(self) -> list[Any]:
+        return [
+            c
+            for c in self.docker.containers.list(
+                all=True, filters={"label": "deskhub.managed=true"}
+            )
+            if c.name.startswith(f"{self.prefix}-")
+        ]
+
+    def cleanup(self) -> None:
+        """Remove everything this hub created: containers, homes, its network."""
+        self.stop()
+        for container in self.containers():
+            container.remove(force=True)
+        for volume in self.docker.volumes.list(filters={"label": "deskhub.managed=true"}):
+            if volume.name.startswith(f"{self.prefix}-home-"):
+                volume.remove(force=True)
+        for network in self.docker.networks.list(names=[self.network]):
+            network.remove()
