@@ -96,6 +96,9 @@ def configure(c: Any) -> dict[str, Any]:
     c.DeskhubSpawner.start_timeout = sessions["start_timeout"]
     c.DeskhubSpawner.http_timeout = sessions["start_timeout"]
     c.Spawner.default_url = "/lab"
+    # show the progress page for every real spawn (they take seconds), while bad options,
+    # refused in milliseconds, still come back as HTTP 400 to the form and the REST API
+    c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 1}
 
     services, roles = idle_culler(sessions["idle_timeout"])
     c.JupyterHub.services = services

@@ -74,7 +74,7 @@ class DeskhubSpawner(DockerSpawner):
     node_name = Unicode(
         "", help="The node this session runs on: chosen at start, kept in the hub's state."
     )
-    environment = AnyTrait(None, allow_none=True, help="The validated Environment.")
+    chosen_environment = AnyTrait(None, allow_none=True, help="The validated Environment.")
 
     @default("options_form")
     def _options_form_default(self) -> Any:
@@ -99,7 +99,7 @@ class DeskhubSpawner(DockerSpawner):
             env = choose_environment(user_options, self.catalogue())
         except OptionsError as err:
             raise web.HTTPError(400, str(err)) from err
-        self.environment = env
+        self.chosen_environment = env
         self.image = env.image
 
     # -- catalogue, nodes ---------------------------------------------------------------
@@ -159,10 +159,10 @@ class DeskhubSpawner(DockerSpawner):
     # -- start ----------------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
         self._events: list[dict[str, Any]] = []
-        env = self.environment
+        env = self.chosen_environment
         if env is None:  # apply_user_options not run (e.g. a restart after a hub upgrade)
             self._apply_options(self.user_options or {})
-            env = self.environment
+            env = self.chosen_environment
         assert isinstance(env, Environment)
         needs = env.needs.describe()
         self._say(5, f"Starting {env.title}: looking for a compute node with {needs}")
@@ -255,7 +255,7 @@ class DeskhubSpawner(DockerSpawner):
         self.object_id = ""
 
     async def create_object(self) -> dict[str, Any]:
-        env = self.environment
+        env = self.chosen_environment
         assert isinstance(env, Environment)
         experiments = self._eval_if_callable(self.experiments)
         groups = [group.name for group in self.user.groups]

@@ -45,6 +45,7 @@ c.JupyterHub.load_roles.append({{
 c.DeskhubSpawner.prefix = {prefix!r}
 c.DeskhubSpawner.home_volume_template = {prefix!r} + "-home-{{username}}"
 c.JupyterHub.log_level = "DEBUG"
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
 """
 
 
@@ -78,9 +79,11 @@ class Hub:
         config_d = self.state / "jupyterhub_config.d"
         config_d.mkdir(exist_ok=True)
         (config_d / "50-harness.py").write_text(
-            EXTRA_CONFIG.format(token=self.token, prefix=prefix) + spawner_config
+            EXTRA_CONFIG.format(token=self.token, prefix=prefix, proxy_api_port=free_port())
+            + spawner_config
         )
         self.log_path = workdir / "jupyterhub.log"
+        self.config_file = HUB_CONFIG
         self.proc: subprocess.Popen[bytes] | None = None
         self.docker = docker.from_env()
 
@@ -94,7 +97,7 @@ class Hub:
         }
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "jupyterhub"), "-f", str(HUB_CONFIG)],
+            [str(VENV_BIN / "jupyterhub"), "-f", str(self.config_file)],
             cwd=self.state,
             env=env,
             stdout=log,
@@ -213,3 +216,47 @@ class Hub:
                 volume.remove(force=True)
         for network in self.docker.networks.list(names=[self.network]):
             network.remove()
+
+
+def example_site(data_root: Path) -> dict[str, Any]:
+    """A site YAML for tests: the real images, small needs, one never-built image."""
+    return {
+        "environments": {
+            "desktop": {
+                "title": "MATE desktop",
+                "description": "Test desktop",
+                "image": "deskhub/base:latest",
+                "default": True,
+                "needs": {"cpu": 0.25, "memory": "1G"},
+            },
+            "xfm": {
+                "title": "XFM",
+                "description": "PyMca and silx",
+                "image": "deskhub/xfm:latest",
+                "needs": {"cpu": 0.25, "memory": "1G"},
+            },
+            "ghost": {
+                "title": "Ghost",
+                "description": "An environment whose image was never built",
+                "image": "deskhub/never-built:latest",
+                "needs": {"cpu": 0.25, "memory": "1G"},
+            },
+        },
+        "data": {
+            "experiments": {
+                "mx-alice": {"path": str(data_root / "mx-alice"), "users": ["alice"]},
+                "xfm-team": {"path": str(data_root / "xfm-team"), "groups": ["xfm-staff"]},
+            }
+        },
+        "sessions": {"idle_timeout": 3600, "start_timeout": 120},
+    }
+
+
+def make_data(root: Path) -> Path:
+    for name in ("mx-alice", "xfm-team"):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o755)
+        (folder / "README.txt").write_text(f"data of {name}\n")
+        (folder / "README.txt").chmod(0o644)
+    return root
