@@ -58,6 +58,7 @@ class Node:
         self._polled = asyncio.Event()
         self._pending: dict[str, Reservation] = {}
         self._task: asyncio.Task[None] | None = None
+        self._refresh: asyncio.Task[NodeSnapshot] | None = None
 
     # -- Docker calls, always in this node's thread -------------------------------------
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -115,6 +116,11 @@ class Node:
             # back off while the node is down, up to 6 intervals; poll normally when up
             delay = self.interval if snapshot.reachable else min(delay * 2, self.interval * 6)
             await asyncio.sleep(delay)
+
+    def refresh_soon(self) -> None:
+        """Poll now, in the background (after a spawn or stop changed what runs here)."""
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.get_running_loop().create_task(self.refresh())
 
     def start_watching(self) -> None:
         if self._task is None or self._task.done():

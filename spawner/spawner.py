@@ -190,7 +190,7 @@ class DeskhubSpawner(DockerSpawner):
             raise
         finally:
             node.release(key)
-            asyncio.ensure_future(node.refresh())
+            node.refresh_soon()
 
     # -- a session never placed has no container to look at ---------------------------
     async def get_object(self) -> dict[str, Any] | None:
@@ -200,10 +200,12 @@ class DeskhubSpawner(DockerSpawner):
         return await super().get_object()
 
     async def stop(self, now: bool = False) -> None:
-        if not self.node_name:
+        node = self.pool.get(self.node_name) if self.node_name else None
+        if node is None:
             self.clear_state()
             return
         await super().stop(now)
+        node.refresh_soon()
 
     async def _container_exists(self) -> bool:
         try:
