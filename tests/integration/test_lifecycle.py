@@ -65,3 +65,23 @@ def test_idle_sessions_are_culled_and_homes_kept(tmp_path, docker_client):
         hub.stop_server("idle")
     finally:
         hub.cleanup()
+
+
+def test_site_typo_stops_the_hub_with_a_message_naming_the_key(tmp_path, docker_client):
+    site = example_site(make_data(tmp_path / "data"))
+    site["sessions"]["idle_timout"] = 60
+    hub = Hub(tmp_path, site, prefix="deskhubtypo", network="deskhub-typo")
+    try:
+        hub.start(timeout=30)
+    except RuntimeError:
+        pass
+    else:
+        hub.cleanup()
+        raise AssertionError("the hub started with a misspelt setting")
+    log = hub.log_path.read_text()
+    assert (
+        f"deskhub: site configuration error: {hub.site_path}: 'sessions.idle_timout' is not a"
+        " known setting (check its spelling and indentation)"
+    ) in log
+    assert "Traceback" not in log
+    assert hub.proc is not None and hub.proc.returncode == 2
