@@ -27,9 +27,15 @@ import docker  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from deskhub.hub_config.hub import network_gateway  # noqa: E402
+from deskhub.hub_config.site import load_site  # noqa: E402
+from deskhub.spawner.catalogue import Catalogue  # noqa: E402
 from tests.browser.conftest import CHROMIUM_FLAGS  # noqa: E402
 from tests.browser.test_desktop_in_browser import wait_for_desktop  # noqa: E402
-from tests.harness import Hub, example_site, free_port, make_data  # noqa: E402
+from tests.harness import Hub, free_port  # noqa: E402
+
+# the shipped default environment, with the shipped defaults' needs (its limits)
+DEFAULT_DESKTOP = Catalogue.from_site(load_site(None)["environments"]).default
+assert DEFAULT_DESKTOP is not None
 
 STOCK_CONFIG = """
 c.JupyterHub.bind_url = {url!r}
@@ -44,6 +50,9 @@ c.DockerSpawner.network_name = {network!r}
 c.DockerSpawner.use_internal_ip = True
 c.DockerSpawner.remove = True
 c.DockerSpawner.prefix = "stockbench"
+# the same limits deskhub gives its default environment, so only the spawners differ
+c.DockerSpawner.cpu_limit = {cpu}
+c.DockerSpawner.mem_limit = {memory}
 c.Spawner.default_url = "/lab"
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
 c.JupyterHub.services = [{{"name": "harness", "api_token": {token!r}}}]
@@ -66,6 +75,8 @@ class StockHub(Hub):
                 network=network,
                 token=self.token,
                 proxy_api_port=free_port(),
+                cpu=DEFAULT_DESKTOP.needs.cpu,
+                memory=DEFAULT_DESKTOP.needs.memory,
             )
         )
 
@@ -92,15 +103,20 @@ def spawn_times(hub: Hub, user: str, runs: int) -> list[float]:
 
 
 def desktop_pixels_and_memory(hub: Hub, user: str, browser: Any, idle: float) -> dict[str, float]:
-    """Spawn, open the desktop in Chromium (token login), time to pixels; idle memory."""
+    """Spawn, open the desktop in Chromium, time to pixels; then idle memory."""
     hub.ensure_user(user)
     token = hub.api("POST", f"/users/{user}/tokens", json={"expires_in": 3600}).json()["token"]
     hub.spawn_ready(user)
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    # the user's own token as a header (JupyterHub 6 refuses tokens in URLs), on the page
+    # and on noVNC's websocket alike
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 800},
+        extra_http_headers={"Authorization": f"token {token}"},
+    )
     page = context.new_page()
     try:
         start = time.perf_counter()
-        page.goto(f"{hub.url}/user/{user}/desktop/?token={token}")
+        page.goto(f"{hub.url}/user/{user}/desktop/")
         wait_for_desktop(page)
         pixels = time.perf_counter() - start
         time.sleep(idle)
@@ -171,11 +187,9 @@ def main() -> None:
         work = Path(tmp)
         network = f"deskhub-bench-{secrets.token_hex(3)}"
         hubs: dict[str, Hub] = {
+            # the embedded defaults: the site YAML adds nothing
             "deskhub (DeskhubSpawner)": Hub(
-                work / "deskhub",
-                example_site(make_data(work / "data")),
-                prefix="deskbench",
-                network=network,
+                work / "deskhub", {}, prefix="deskbench", network=network
             ),
         }
         hubs["stock DockerSpawner 14"] = StockHub(work / "stock", network)
@@ -204,7 +218,8 @@ def main() -> None:
         f"{describe_machine(client)}.",
         "",
         "Both hubs ran in the same run, on the same engine, with the same image "
-        "(`deskhub/base:latest`), one after the other.",
+        "(`deskhub/base:latest`) and the same limits (deskhub's default environment: "
+        f"{DEFAULT_DESKTOP.needs.describe()}), one after the other.",
         "",
         "## Sessions",
         "",
