@@ -204,11 +204,7 @@ def main() -> None:
                 hub.stop()
         finally:
             for hub in hubs.values():
-                hub.stop()
-                for container in hub.containers():
-                    container.remove(force=True)
-            for net in client.networks.list(names=[network]):
-                net.remove()
+                hub.cleanup()  # containers, home volumes and the shared network
             browser.close()
 
     lines = [
