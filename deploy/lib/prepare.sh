@@ -22,7 +22,7 @@ apt_install() {
 }
 
 ensure_system_packages() {
-  local pkgs=(docker.io debootstrap python3-venv git ca-certificates)
+  local pkgs=(docker.io debootstrap python3-venv git ca-certificates curl)
   command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
   command -v npm >/dev/null 2>&1 || pkgs+=(npm)
   apt_install "${pkgs[@]}"

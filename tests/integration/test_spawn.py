@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import requests
 
 GiB = 1024**3
 
@@ -154,3 +155,43 @@ def test_missing_image_is_a_clear_error_and_creates_nothing(hub):
     assert not [c for c in hub.containers() if c.name == "deskhubtest-frank"]
     assert not hub.api("GET", "/users/frank").json()["servers"]
     assert "image deskhub/never-built:latest unavailable on local" in hub.log_tail(400)
+
+
+def form_session(hub) -> requests.Session:
+    """A browser-like session logged in through the login form as the first admin."""
+    session = requests.Session()
+    session.get(f"{hub.url}/hub/login", timeout=30)
+    response = session.post(
+        f"{hub.url}/hub/login",
+        data={
+            "username": "admin",
+            "password": hub.admin_password,
+            "_xsrf": session.cookies.get("_xsrf"),
+        },
+        allow_redirects=False,
+        timeout=30,
+    )
+    assert response.status_code == 302, response.text
+    return session
+
+
+@pytest.mark.parametrize(
+    ("form", "message"),
+    [
+        ({"environment": "bogus"}, "Unknown environment &#39;bogus&#39;; pick one of:"),
+        ({}, "Pick exactly one environment from the list, then press Start."),
+        ({"environment": ["xfm", "desktop"]}, "Pick exactly one environment"),
+    ],
+)
+def test_bad_spawn_form_gets_400_on_the_form_page(hub, form, message):
+    session = form_session(hub)
+    before = {c.name for c in hub.containers()}
+    response = session.post(
+        f"{hub.url}/hub/spawn",
+        data={**form, "_xsrf": session.cookies.get("_xsrf", path="/hub/")},
+        timeout=60,
+    )
+    assert response.status_code == 400
+    assert message in response.text
+    assert 'name="environment"' in response.text  # the form is shown again to correct
+    assert {c.name for c in hub.containers()} == before
