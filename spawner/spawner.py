@@ -181,9 +181,12 @@ class DeskhubSpawner(DockerSpawner):
         try:
             await self._ensure_image(env)
             await self._ensure_home_volume()
-            self._say(60, "Starting the desktop container")
+            self._say(60, f"Starting the desktop container on {node.name}")
             ip_port = await super().start()
-            self._say(80, "Container started; waiting for JupyterLab and the desktop to answer")
+            self._say(
+                80,
+                f"Container started on {node.name}; waiting for JupyterLab and the desktop",
+            )
             return ip_port
         except Exception:
             await self._remove_failed_container()

@@ -23,10 +23,16 @@ def test_login_spawn_notebook_and_desktop(page: Page, hub):
     # the spawn page lists the environments with what they need
     expect(page.locator("label.deskhub-env")).to_have_count(3)
     expect(page.locator("label[for=env-xfm]")).to_contain_text("Needs 0.25 CPUs, 1 GiB memory")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "spawn-page.png"))
     page.check("#env-desktop")
     page.click("form#spawn_form input[type=submit], form#spawn_form button[type=submit]")
 
-    # readable progress, then JupyterLab
+    # readable progress: where the session goes and why, then JupyterLab
+    page.wait_for_url(re.compile(r"/hub/spawn-pending/admin"), timeout=30_000)
+    expect(page.locator("#progress-log")).to_contain_text("Placed on local: ", timeout=30_000)
+    expect(page.locator("#progress-log")).to_contain_text("image already there")
+    page.screenshot(path=str(ARTIFACTS / "spawn-progress.png"))
     page.wait_for_url(re.compile(r"/user/admin/lab"), timeout=120_000)
     launcher = page.locator(".jp-Launcher")
     expect(launcher).to_be_visible(timeout=60_000)
