@@ -1,0 +1,47 @@
+"""The node watcher against real engines: what it sees, and a node that does not answer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from deskhub.spawner.nodes import Node
+from deskhub.spawner.placement import Reservation
+
+GiB = 1024**3
+
+
+def refresh(node: Node):
+    return asyncio.run(node.refresh())
+
+
+def test_local_node_snapshot_reads_capacity_images_and_sessions(hub):
+    hub.ensure_user("henry")
+    hub.spawn_ready("henry", {"environment": "xfm"})
+    try:
+        snapshot = refresh(Node("local", "unix:///var/run/docker.sock"))
+    finally:
+        hub.stop_server("henry")
+    assert snapshot.reachable, snapshot.error
+    assert snapshot.cpus == os.cpu_count()
+    assert snapshot.memory > GiB
+    assert {"deskhub/base:latest", "deskhub/xfm:latest"} <= snapshot.images
+    assert snapshot.sessions["henry/"] == Reservation(0.25, GiB)
+
+
+def test_a_node_that_does_not_answer_is_marked_unreachable_quickly():
+    node = Node("dead", "tcp://127.0.0.1:9", timeout=2)  # discard port: nothing listens
+    start = time.monotonic()
+    snapshot = refresh(node)
+    assert time.monotonic() - start < 10
+    assert not snapshot.reachable
+    assert "Connection" in snapshot.error or "refused" in snapshot.error
+
+
+def test_reservations_in_flight_count_until_released():
+    node = Node("n", "unix:///var/run/docker.sock")
+    node.reserve("alice/", Reservation(1, GiB))
+    assert node.planning_snapshot().sessions == {"alice/": Reservation(1, GiB)}
+    node.release("alice/")
+    assert node.planning_snapshot().sessions == {}
