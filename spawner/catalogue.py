@@ -12,18 +12,59 @@ from typing import Any
 
 from .units import format_cpu, format_memory, parse_memory
 
+GPU_MODES = ("none", "shared", "exclusive")
+
 
 @dataclass(frozen=True)
 class Needs:
-    """What a session of an environment reserves on its node."""
+    """What a session of an environment reserves on its node, and where it may run.
+
+    ``gpu`` is ``none``; ``shared`` (one VirtualGL desktop slot on a GPU that several
+    desktops share); or ``exclusive`` (``gpus`` whole GPUs, for compute). ``gpu_memory`` is
+    the least memory each of those GPUs must have; ``node_labels`` must all match the node's.
+    """
 
     cpu: float = 1.0
     memory: int = 2 * 1024**3
     gpu: str = "none"
+    gpus: int = 0
+    gpu_memory: int = 0
+    node_labels: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.gpu not in GPU_MODES:
+            raise ValueError(f"unknown GPU mode {self.gpu!r}; use one of {', '.join(GPU_MODES)}")
+        count = {"none": 0, "shared": 1}.get(self.gpu, max(self.gpus, 1))
+        object.__setattr__(self, "gpus", count)
 
     def describe(self) -> str:
         text = f"{format_cpu(self.cpu)}, {format_memory(self.memory)} memory"
-        return text if self.gpu == "none" else f"{text}, GPU: {self.gpu}"
+        at_least = f" with at least {format_memory(self.gpu_memory)}" if self.gpu_memory else ""
+        if self.gpu == "shared":
+            text += f", a shared GPU{at_least} for 3D graphics"
+        elif self.gpu == "exclusive":
+            text += f", {self.gpus} whole GPU{'s' if self.gpus > 1 else ''}{at_least}"
+        if self.node_labels:
+            text += ", on nodes with " + ", ".join(f"{k}={v}" for k, v in self.node_labels)
+        return text
+
+
+def needs_from_spec(spec: Mapping[str, Any]) -> Needs:
+    """Needs from the site YAML's ``needs`` mapping (already schema-checked).
+
+    ``gpu`` is ``none``, ``shared`` or ``{exclusive: N}``.
+    """
+    gpu = spec.get("gpu", "none")
+    mode, count = ("exclusive", int(gpu["exclusive"])) if isinstance(gpu, Mapping) else (gpu, 0)
+    labels = spec.get("node_labels") or {}
+    return Needs(
+        cpu=float(spec.get("cpu", Needs.cpu)),
+        memory=parse_memory(spec.get("memory", Needs.memory)),
+        gpu=mode,
+        gpus=count,
+        gpu_memory=parse_memory(spec.get("gpu_memory", 0)),
+        node_labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
+    )
 
 
 @dataclass(frozen=True)
@@ -53,18 +94,13 @@ class Catalogue:
         for name, spec in environments.items():
             if spec.get("hidden", False):
                 continue
-            needs = spec.get("needs", {})
             entries.append(
                 Environment(
                     name=name,
                     title=spec.get("title", name),
                     description=spec.get("description", ""),
                     image=spec["image"],
-                    needs=Needs(
-                        cpu=float(needs.get("cpu", Needs.cpu)),
-                        memory=parse_memory(needs.get("memory", Needs.memory)),
-                        gpu=needs.get("gpu", Needs.gpu),
-                    ),
+                    needs=needs_from_spec(spec.get("needs", {})),
                     default=bool(spec.get("default", False)),
                 )
             )

@@ -38,9 +38,33 @@ class SessionIdentity:
     gid: int = 1000
 
 
-def session_labels(identity: SessionIdentity, env: Environment) -> dict[str, str]:
+# what the engine's nvidia driver is asked for: a desktop renders through VirtualGL's EGL
+# back end (graphics); a whole-GPU session may also compute
+GPU_CAPABILITIES = {
+    "shared": ["gpu", "graphics", "utility"],
+    "exclusive": ["gpu", "compute", "graphics", "utility"],
+}
+
+
+def device_requests(mode: str, gpus: Sequence[str]) -> list[dict[str, Any]]:
+    """The Docker device request giving the session exactly the GPUs it was placed on."""
+    if mode == "none" or not gpus:
+        return []
+    return [{"Driver": "nvidia", "DeviceIDs": list(gpus), "Capabilities": [GPU_CAPABILITIES[mode]]}]
+
+
+def gpu_environment(mode: str, gpus: Sequence[str]) -> dict[str, str]:
+    """What the desktop's launchers read to start GL applications through VirtualGL."""
+    if mode == "none" or not gpus:
+        return {}
+    return {"DESKHUB_GPU": mode, "DESKHUB_GPUS": ",".join(gpus), "VGL_DISPLAY": "egl"}
+
+
+def session_labels(
+    identity: SessionIdentity, env: Environment, gpus: Sequence[str] = ()
+) -> dict[str, str]:
     """Labels that make the engine the source of truth for who runs what, where."""
-    return {
+    labels = {
         f"{LABEL_PREFIX}managed": "true",
         f"{LABEL_PREFIX}user": identity.username,
         f"{LABEL_PREFIX}server": identity.server_name,
@@ -48,7 +72,11 @@ def session_labels(identity: SessionIdentity, env: Environment) -> dict[str, str
         f"{LABEL_PREFIX}node": identity.node,
         f"{LABEL_PREFIX}reserved.cpu": f"{env.needs.cpu:g}",
         f"{LABEL_PREFIX}reserved.memory": str(env.needs.memory),
+        f"{LABEL_PREFIX}gpu": env.needs.gpu,
     }
+    if gpus:
+        labels[f"{LABEL_PREFIX}gpus"] = ",".join(gpus)
+    return labels
 
 
 def home_volume_labels(username: str) -> dict[str, str]:
@@ -83,14 +111,21 @@ def build_container_spec(
     network: str,
     port: int,
     pids_limit: int,
+    gpus: Sequence[str] = (),
+    publish_address: str = "",
 ) -> dict[str, dict[str, Any]]:
-    """The complete spec of one session container."""
+    """The complete spec of one session container.
+
+    ``gpus`` are the device ids placement chose on the node; ``publish_address`` is set for
+    a remote node: the session's port is then published there (and only there) for the hub.
+    """
+    mode = env.needs.gpu
     create = {
         "name": container_name,
         "image": env.image,
         "command": list(command),
-        "environment": dict(environment_vars),
-        "labels": session_labels(identity, env),
+        "environment": {**environment_vars, **gpu_environment(mode, gpus)},
+        "labels": session_labels(identity, env, gpus),
         "user": f"{identity.uid}:{identity.gid}",
         "ports": [port],
     }
@@ -106,4 +141,8 @@ def build_container_spec(
         "auto_remove": False,
         "shm_size": 256 * 1024**2,
     }
+    if mode != "none":
+        host_config["device_requests"] = device_requests(mode, gpus)
+    if publish_address:
+        host_config["port_bindings"] = {port: (publish_address,)}
     return {"create": create, "host_config": host_config}

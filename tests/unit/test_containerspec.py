@@ -32,6 +32,7 @@ def test_container_spec_is_exactly_what_docker_gets():
                 "deskhub.node": "local",
                 "deskhub.reserved.cpu": "2",
                 "deskhub.reserved.memory": "4294967296",
+                "deskhub.gpu": "none",
             },
             "user": "1000:1000",
             "ports": [8888],
@@ -68,6 +69,76 @@ def test_container_spec_is_exactly_what_docker_gets():
             "shm_size": 268435456,
         },
     }
+
+
+VIZ = Environment(
+    "viz", "3D viz", "", "deskhub/viz:1", Needs(cpu=1, memory=2 * 1024**3, gpu="shared")
+)
+TRAIN = Environment(
+    "train",
+    "Training",
+    "",
+    "deskhub/train:1",
+    Needs(cpu=4, memory=8 * 1024**3, gpu="exclusive", gpus=2),
+)
+
+
+def gpu_spec(env, gpus, publish_address=""):
+    return build_container_spec(
+        container_name="deskhub-bob",
+        identity=SessionIdentity(username="bob", server_name="", node="gpu-1"),
+        env=env,
+        home_volume="deskhub-home-bob",
+        data=[],
+        environment_vars={"JUPYTERHUB_USER": "bob"},
+        command=["jupyterhub-singleuser"],
+        network="deskhub",
+        port=8888,
+        pids_limit=2048,
+        gpus=gpus,
+        publish_address=publish_address,
+    )
+
+
+def test_a_shared_gpu_desktop_on_a_remote_node_gets_its_gpu_and_a_published_port():
+    spec = gpu_spec(VIZ, ("GPU-aaaa",), publish_address="10.0.0.5")
+    assert spec["create"]["environment"] == {
+        "JUPYTERHUB_USER": "bob",
+        "DESKHUB_GPU": "shared",
+        "DESKHUB_GPUS": "GPU-aaaa",
+        "VGL_DISPLAY": "egl",
+    }
+    assert spec["create"]["labels"]["deskhub.gpu"] == "shared"
+    assert spec["create"]["labels"]["deskhub.gpus"] == "GPU-aaaa"
+    assert spec["host_config"]["device_requests"] == [
+        {
+            "Driver": "nvidia",
+            "DeviceIDs": ["GPU-aaaa"],
+            "Capabilities": [["gpu", "graphics", "utility"]],
+        }
+    ]
+    assert spec["host_config"]["port_bindings"] == {8888: ("10.0.0.5",)}
+
+
+def test_an_exclusive_session_gets_exactly_its_gpus_for_compute():
+    spec = gpu_spec(TRAIN, ("GPU-bbbb", "GPU-cccc"))
+    assert spec["host_config"]["device_requests"] == [
+        {
+            "Driver": "nvidia",
+            "DeviceIDs": ["GPU-bbbb", "GPU-cccc"],
+            "Capabilities": [["gpu", "compute", "graphics", "utility"]],
+        }
+    ]
+    assert spec["create"]["labels"]["deskhub.gpus"] == "GPU-bbbb,GPU-cccc"
+    assert spec["create"]["environment"]["DESKHUB_GPU"] == "exclusive"
+    assert "port_bindings" not in spec["host_config"]
+
+
+def test_a_cpu_session_asks_for_no_device():
+    spec = gpu_spec(XFM, ())
+    assert "device_requests" not in spec["host_config"]
+    assert "deskhub.gpus" not in spec["create"]["labels"]
+    assert spec["create"]["environment"] == {"JUPYTERHUB_USER": "bob"}
 
 
 EXPERIMENTS = {
