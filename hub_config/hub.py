@@ -12,7 +12,11 @@ from typing import Any
 
 import docker
 
+from deskhub.spawner.admin import HANDLERS as NODE_HANDLERS
+
 from .site import SiteConfigError, load_site
+
+TEMPLATES = Path(__file__).parent / "templates"
 
 DEFAULT_STATE_DIR = "/var/lib/deskhub"
 
@@ -70,6 +74,7 @@ def configure(c: Any) -> dict[str, Any]:
     c.JupyterHub.bind_url = hub["bind_url"]
     c.JupyterHub.hub_ip = gateway
     c.JupyterHub.hub_connect_ip = gateway
+    c.JupyterHub.hub_port = hub["api_port"]
     c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
     c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
     c.ConfigurableHTTPProxy.pid_file = str(state / "jupyterhub-proxy.pid")
@@ -86,6 +91,28 @@ def configure(c: Any) -> dict[str, Any]:
     c.DeskhubSpawner.environments = site["environments"]
     c.DeskhubSpawner.experiments = site["data"]["experiments"]
     c.DeskhubSpawner.nodes = site["nodes"]
+    placement = site["placement"]
+    c.DeskhubSpawner.placement_policy = placement["policy"]
+    c.DeskhubSpawner.image_bonus = float(placement["image_bonus"])
+    c.DeskhubSpawner.start_attempts = placement["start_attempts"]
+    c.DeskhubSpawner.node_timeout = float(placement["node_timeout"])
+    c.DeskhubSpawner.node_poll_interval = float(placement["poll_interval"])
+    c.DeskhubSpawner.node_lost_after = float(placement["node_lost_after"])
+    c.DeskhubSpawner.node_state_file = str(state / "nodes.json")
+    remote = [n["name"] for n in site["nodes"] if not n["endpoint"].startswith("unix://")]
+    if remote:
+        # sessions on other hosts reach the hub's API through each node's hub_connect_url,
+        # so the API listens on every interface (still token-authenticated)
+        c.JupyterHub.hub_ip = "0.0.0.0"
+    insecure = [
+        n["name"] for n in site["nodes"] if n["endpoint"].startswith("tcp://") and "tls" not in n
+    ]
+    if insecure:
+        print(
+            f"deskhub: warning: nodes {', '.join(insecure)} are reached without TLS;"
+            " anyone on that network controls their engines",
+            file=sys.stderr,
+        )
     c.DeskhubSpawner.network_name = hub["network"]
     c.DeskhubSpawner.use_internal_ip = True
     c.DeskhubSpawner.remove = True
@@ -99,6 +126,10 @@ def configure(c: Any) -> dict[str, Any]:
     # show the progress page for every real spawn (they take seconds), while bad options,
     # refused in milliseconds, still come back as HTTP 400 to the form and the REST API
     c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 1}
+
+    # the nodes' admin page and REST API, and the navigation link to it
+    c.JupyterHub.extra_handlers = list(NODE_HANDLERS)
+    c.JupyterHub.template_paths = [str(TEMPLATES)]
 
     services, roles = idle_culler(sessions["idle_timeout"])
     c.JupyterHub.services = services

@@ -78,6 +78,10 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return error.message
     if error.validator == "pattern":
         return f"has the value {error.instance!r}, which is not of the expected form"
+    if error.validator == "oneOf" and "description" in error.schema:
+        return f"must be {error.schema['description']}, not {error.instance!r}"
+    if error.validator == "oneOf":
+        return f"has the value {error.instance!r}, which is not one of its accepted forms"
     if error.validator == "enum":
         return f"must be one of {error.validator_value}, not {error.instance!r}"
     return error.message
@@ -98,9 +102,21 @@ def validate(config: Mapping[str, Any], source: str) -> None:
             f"{source}: 'environments' marks {len(defaults)} defaults ({', '.join(defaults)});"
             " mark at most one"
         )
-    names = [node["name"] for node in config.get("nodes", [])]
+    nodes = config.get("nodes", [])
+    names = [node["name"] for node in nodes]
     if len(names) != len(set(names)):
         raise SiteConfigError(f"{source}: 'nodes' has two nodes with the same name")
+    for i, node in enumerate(nodes):
+        remote = node["endpoint"].startswith("tcp://")
+        if remote and "hub_connect_url" not in node:
+            raise SiteConfigError(
+                f"{source}: 'nodes.{i}' ({node['name']}) is remote, so it needs"
+                " 'hub_connect_url': the hub's URL as its containers reach it,"
+                " e.g. http://10.0.0.1:8081"
+            )
+        gpu_ids = [gpu["id"] for gpu in node.get("gpus", [])]
+        if len(gpu_ids) != len(set(gpu_ids)):
+            raise SiteConfigError(f"{source}: 'nodes.{i}.gpus' lists the same GPU id twice")
 
 
 def load_site(path: str | Path | None) -> dict[str, Any]:

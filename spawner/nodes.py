@@ -2,61 +2,145 @@
 
 Every Docker call for a node runs in that node's own thread, so a slow or dead node never
 blocks the hub's event loop nor another node. A background watcher per node keeps a
-:class:`NodeSnapshot` fresh (reachability, capacity, deskhub sessions read from container
-labels, images present); all spawns share it instead of querying nodes themselves.
+:class:`NodeSnapshot` fresh (reachability, capacity, deskhub sessions and what they
+reserved, read from container labels; live CPU load and memory of the node's containers;
+images present); all spawns share it instead of querying nodes themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import docker
+import docker.tls
 
+from .catalogue import Needs
 from .containerspec import LABEL_PREFIX
-from .placement import NodeSnapshot, Reservation
+from .inventory import NodeConfig, node_from_spec
+from .placement import SPREAD, NodeSnapshot, Placement, Policy, Reservation, place
 
 log = logging.getLogger("deskhub.nodes")
 
 
+def reservation_from_labels(labels: Mapping[str, str]) -> Reservation:
+    gpus = labels.get(f"{LABEL_PREFIX}gpus", "")
+    return Reservation(
+        cpu=float(labels.get(f"{LABEL_PREFIX}reserved.cpu", 0)),
+        memory=int(labels.get(f"{LABEL_PREFIX}reserved.memory", 0)),
+        gpu=labels.get(f"{LABEL_PREFIX}gpu", "none"),
+        gpus=tuple(g for g in gpus.split(",") if g),
+    )
+
+
+def session_key(labels: Mapping[str, str]) -> str:
+    return f"{labels.get(f'{LABEL_PREFIX}user', '?')}/{labels.get(f'{LABEL_PREFIX}server', '')}"
+
+
 def sessions_from_containers(containers: Iterable[Mapping[str, Any]]) -> dict[str, Reservation]:
-    """What each running deskhub container reserved, keyed by ``user/server``."""
+    """What each deskhub container reserved, keyed by ``user/server``."""
     sessions: dict[str, Reservation] = {}
     for container in containers:
         labels = container.get("Labels") or {}
         if labels.get(f"{LABEL_PREFIX}managed") != "true":
             continue
-        key = f"{labels.get(f'{LABEL_PREFIX}user', '?')}/{labels.get(f'{LABEL_PREFIX}server', '')}"
         try:
-            sessions[key] = Reservation(
-                cpu=float(labels.get(f"{LABEL_PREFIX}reserved.cpu", 0)),
-                memory=int(labels.get(f"{LABEL_PREFIX}reserved.memory", 0)),
-            )
+            sessions[session_key(labels)] = reservation_from_labels(labels)
         except ValueError:
             log.warning("container %s has unreadable reservation labels", container.get("Id"))
     return sessions
 
 
+@dataclass
+class _CpuSample:
+    container_ns: int
+    system_ns: int
+
+
+def cpu_cores_busy(
+    previous: _CpuSample | None, stats: Mapping[str, Any]
+) -> tuple[float, _CpuSample]:
+    """CPUs a container kept busy since the previous sample (0 on the first sample)."""
+    cpu = stats.get("cpu_stats") or {}
+    sample = _CpuSample(
+        container_ns=int((cpu.get("cpu_usage") or {}).get("total_usage", 0)),
+        system_ns=int(cpu.get("system_cpu_usage", 0)),
+    )
+    if previous is None or sample.system_ns <= previous.system_ns:
+        return 0.0, sample
+    online = cpu.get("online_cpus") or len((cpu.get("cpu_usage") or {}).get("percpu_usage") or [1])
+    used = max(sample.container_ns - previous.container_ns, 0)
+    return used / (sample.system_ns - previous.system_ns) * online, sample
+
+
+def memory_in_use(stats: Mapping[str, Any]) -> int:
+    """Memory a container uses, without reclaimable page cache (as ``docker stats``)."""
+    memory = stats.get("memory_stats") or {}
+    detail = memory.get("stats") or {}
+    cache = detail.get("total_inactive_file", detail.get("inactive_file", 0))
+    return max(int(memory.get("usage", 0)) - int(cache), 0)
+
+
+class EngineClient(docker.APIClient):
+    """docker-py's client that ignores the process environment's proxies and CA bundles.
+
+    requests would otherwise let ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` (set on hosts
+    behind a TLS-inspecting proxy) replace the node's own CA, and send engine traffic
+    through ``HTTPS_PROXY``. A class property, because ``requests.Session.__init__`` sets
+    ``trust_env`` and the version is negotiated inside the constructor.
+    """
+
+    @property
+    def trust_env(self) -> bool:  # type: ignore[override]
+        return False
+
+    @trust_env.setter
+    def trust_env(self, value: bool) -> None:
+        pass
+
+
+def tls_config(node: NodeConfig) -> docker.tls.TLSConfig | None:
+    if node.tls is None:
+        return None
+    return docker.tls.TLSConfig(
+        client_cert=(node.tls.cert, node.tls.key), ca_cert=node.tls.ca, verify=True
+    )
+
+
 class Node:
     """One Docker engine that runs sessions."""
 
-    def __init__(
-        self, name: str, endpoint: str, *, timeout: float = 10.0, interval: float = 5.0
-    ) -> None:
-        self.name = name
-        self.endpoint = endpoint
+    def __init__(self, config: NodeConfig, *, timeout: float = 10.0, interval: float = 3.0) -> None:
+        self.config = config
+        self.name = config.name
+        self.endpoint = config.endpoint
         self.timeout = timeout
         self.interval = interval
-        self._client: docker.APIClient | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"docker-{name}")
-        self.snapshot = NodeSnapshot(name=name, reachable=False, error="not contacted yet")
+        self.draining = config.draining
+        self._client: EngineClient | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"docker-{self.name}")
+        self.snapshot = NodeSnapshot(
+            name=self.name,
+            reachable=False,
+            error="not contacted yet",
+            labels=config.labels,
+            gpus=config.gpus,
+            draining=self.draining,
+        )
         self.polled_at = 0.0
+        self.down_since: float | None = None
         self._polled = asyncio.Event()
-        self._pending: dict[str, Reservation] = {}
+        self._pending: dict[str, tuple[Reservation, float | None]] = {}
+        self._cpu: dict[str, _CpuSample] = {}
+        self._networks: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[NodeSnapshot] | None = None
 
@@ -64,8 +148,11 @@ class Node:
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if self._client is None:
             # version negotiation talks to the engine: never on the event loop
-            self._client = docker.APIClient(
-                base_url=self.endpoint, version="auto", timeout=self.timeout
+            self._client = EngineClient(
+                base_url=self.endpoint,
+                version="auto",
+                timeout=self.timeout,
+                tls=tls_config(self.config) or False,
             )
         return getattr(self._client, method)(*args, **kwargs)
 
@@ -75,46 +162,90 @@ class Node:
         return await asyncio.wrap_future(future)
 
     @property
-    def client(self) -> docker.APIClient | None:
+    def client(self) -> EngineClient | None:
         return self._client
 
     # -- the watcher ----------------------------------------------------------------------
+    async def _measure(self, running: list[Mapping[str, Any]]) -> tuple[float, int]:
+        """Live CPUs busy and memory used by the node's running containers."""
+        load, used, seen = 0.0, 0, set()
+        for container in running:
+            cid = container["Id"]
+            seen.add(cid)
+            try:
+                stats = await asyncio.wait_for(
+                    self.call("stats", cid, stream=False, one_shot=True), self.timeout
+                )
+            except (docker.errors.NotFound, TimeoutError):
+                continue  # gone, or slow to answer: its share counts at the next poll
+            busy, self._cpu[cid] = cpu_cores_busy(self._cpu.get(cid), stats)
+            load += busy
+            used += memory_in_use(stats)
+        for gone in set(self._cpu) - seen:
+            del self._cpu[gone]
+        return load, used
+
     async def refresh(self) -> NodeSnapshot:
+        started = time.monotonic()
         try:
             info = await asyncio.wait_for(self.call("info"), self.timeout)
-            containers = await asyncio.wait_for(
-                self.call("containers", filters={"label": f"{LABEL_PREFIX}managed=true"}),
+            deskhub = await asyncio.wait_for(
+                self.call("containers", all=True, filters={"label": f"{LABEL_PREFIX}managed=true"}),
                 self.timeout,
             )
+            running = await asyncio.wait_for(self.call("containers"), self.timeout)
             images = await asyncio.wait_for(self.call("images"), self.timeout)
+            load, used = await self._measure(running)
         except Exception as err:  # any failure means: not usable now
-            if self.snapshot.reachable:
-                log.warning("node %s stopped answering: %s", self.name, err)
-            self.snapshot = NodeSnapshot(
-                name=self.name, reachable=False, error=f"{type(err).__name__}: {err}"
-            )
+            self.mark_unreachable(err)
         else:
             tags = frozenset(tag for image in images for tag in (image.get("RepoTags") or []))
             if not self.snapshot.reachable:
                 log.info("node %s is reachable (%s CPUs)", self.name, info.get("NCPU"))
+            self.down_since = None
+            # a stopped (exited) deskhub container holds nothing
+            live = [c for c in deskhub if c.get("State") in ("running", "created", "restarting")]
             self.snapshot = NodeSnapshot(
                 name=self.name,
                 reachable=True,
                 cpus=float(info.get("NCPU", 0)),
                 memory=int(info.get("MemTotal", 0)),
-                sessions=sessions_from_containers(containers),
+                sessions=sessions_from_containers(live),
                 images=tags,
+                labels=self.config.labels,
+                gpus=self.config.gpus,
+                draining=self.draining,
+                load=load,
+                memory_used=used,
             )
+            # spawns that finished before this poll began are in the snapshot now
+            for key, (_, done_at) in list(self._pending.items()):
+                if done_at is not None and done_at <= started:
+                    del self._pending[key]
         self.polled_at = time.monotonic()
         self._polled.set()
         return self.snapshot
+
+    def mark_unreachable(self, err: BaseException) -> None:
+        """The node failed a call: plan without it until a poll succeeds again."""
+        if self.snapshot.reachable or self.down_since is None:
+            log.warning("node %s is not answering: %s", self.name, err)
+            self.down_since = time.monotonic()
+        self.snapshot = NodeSnapshot(
+            name=self.name,
+            reachable=False,
+            error=f"{type(err).__name__}: {err}",
+            labels=self.config.labels,
+            gpus=self.config.gpus,
+            draining=self.draining,
+        )
 
     async def watch(self) -> None:
         delay = self.interval
         while True:
             snapshot = await self.refresh()
-            # back off while the node is down, up to 6 intervals; poll normally when up
-            delay = self.interval if snapshot.reachable else min(delay * 2, self.interval * 6)
+            # back off while the node is down, up to 5 intervals; poll normally when up
+            delay = self.interval if snapshot.reachable else min(delay * 2, self.interval * 5)
             await asyncio.sleep(delay)
 
     def refresh_soon(self) -> None:
@@ -127,47 +258,87 @@ class Node:
             self._task = asyncio.get_running_loop().create_task(self.watch())
 
     async def wait_polled(self) -> None:
-        await asyncio.wait_for(self._polled.wait(), self.timeout + 1)
+        await asyncio.wait_for(self._polled.wait(), self.timeout * 5 + 1)
+
+    def set_draining(self, draining: bool) -> None:
+        self.draining = draining
+        self.snapshot = replace(self.snapshot, draining=draining)
+
+    async def ensure_network(self, name: str) -> None:
+        """The sessions' bridge network exists on this node (created once if missing)."""
+        if name in self._networks:
+            return
+        found = [n for n in await self.call("networks", names=[name]) if n["Name"] == name]
+        if not found:
+            await self.call(
+                "create_network", name, driver="bridge", labels={f"{LABEL_PREFIX}managed": "true"}
+            )
+        self._networks.add(name)
 
     # -- reservations of spawns in flight --------------------------------------------------
     def reserve(self, key: str, reservation: Reservation) -> None:
-        self._pending[key] = reservation
+        self._pending[key] = (reservation, None)
 
     def release(self, key: str) -> None:
+        """The spawn failed: its reservation goes at once."""
         self._pending.pop(key, None)
+
+    def started(self, key: str) -> None:
+        """The spawn's container exists: keep its reservation until a poll sees it."""
+        if key in self._pending:
+            self._pending[key] = (self._pending[key][0], time.monotonic())
 
     def planning_snapshot(self) -> NodeSnapshot:
         """The last snapshot with the reservations of spawns not yet visible in it."""
         snap = self.snapshot
         if not self._pending:
             return snap
-        sessions = dict(snap.sessions)
-        sessions.update(self._pending)
-        return NodeSnapshot(
-            name=snap.name,
-            reachable=snap.reachable,
-            cpus=snap.cpus,
-            memory=snap.memory,
-            sessions=sessions,
-            images=snap.images,
-            error=snap.error,
-        )
+        return snap.with_sessions({key: r for key, (r, _) in self._pending.items()})
 
 
 class NodePool:
-    """The hub's nodes, shared by all spawners of the process."""
+    """The hub's nodes, shared by all spawners of the process.
 
-    _shared: dict[tuple[tuple[str, str], ...], NodePool] = {}
+    Decisions are made and reserved in one step under a lock (:meth:`decide`), so two
+    spawns at the same moment never take the same exclusive GPU nor overfill a node.
+    Drained nodes are remembered in ``state_file`` across hub restarts.
+    """
 
-    def __init__(self, nodes: Iterable[Node]) -> None:
+    _shared: dict[str, NodePool] = {}
+
+    def __init__(
+        self,
+        nodes: Iterable[Node],
+        *,
+        policy: Policy = SPREAD,
+        state_file: str | Path | None = None,
+    ) -> None:
         self.nodes: dict[str, Node] = {node.name: node for node in nodes}
+        self.policy = policy
+        self.state_file = Path(state_file) if state_file else None
+        self._lock = threading.Lock()
+        for name, draining in self._load_drained().items():
+            if name in self.nodes:
+                self.nodes[name].set_draining(draining)
 
     @classmethod
-    def shared(cls, config: Iterable[Mapping[str, Any]]) -> NodePool:
-        """The one pool for this node list (so every spawner sees the same watchers)."""
-        key = tuple((item["name"], item["endpoint"]) for item in config)
+    def shared(
+        cls,
+        config: Iterable[Mapping[str, Any]],
+        *,
+        policy: Policy = SPREAD,
+        state_file: str = "",
+        timeout: float = 10.0,
+        interval: float = 3.0,
+    ) -> NodePool:
+        """The one pool for this configuration (so every spawner sees the same watchers)."""
+        config = list(config)
+        key = json.dumps([config, policy.mode, policy.image_bonus, state_file], sort_keys=True)
         if key not in cls._shared:
-            cls._shared[key] = cls(Node(name, endpoint) for name, endpoint in key)
+            nodes = (
+                Node(node_from_spec(spec), timeout=timeout, interval=interval) for spec in config
+            )
+            cls._shared[key] = cls(nodes, policy=policy, state_file=state_file or None)
         return cls._shared[key]
 
     def get(self, name: str) -> Node | None:
@@ -179,4 +350,43 @@ class NodePool:
             node.start_watching()
         waits = [node.wait_polled() for node in self.nodes.values()]
         await asyncio.gather(*waits, return_exceptions=True)
+        return self.snapshots()
+
+    def snapshots(self) -> list[NodeSnapshot]:
         return [node.planning_snapshot() for node in self.nodes.values()]
+
+    def decide(
+        self, key: str, needs: Needs, image: str, exclude: frozenset[str] = frozenset()
+    ) -> Placement:
+        """Place the session and reserve its share on the chosen node, atomically."""
+        with self._lock:
+            placement = place(needs, self.snapshots(), image, self.policy, exclude)
+            self.nodes[placement.node].reserve(key, placement.reservation(needs))
+        return placement
+
+    def find_session(self, key: str) -> str | None:
+        """The node whose engine runs the session ``user/server`` (engines are the truth)."""
+        for node in self.nodes.values():
+            if key in node.snapshot.sessions:
+                return node.name
+        return None
+
+    # -- draining ---------------------------------------------------------------------------
+    def _load_drained(self) -> dict[str, bool]:
+        if not self.state_file or not self.state_file.exists():
+            return {}
+        try:
+            data = json.loads(self.state_file.read_text())
+            return {str(k): bool(v) for k, v in data.get("draining", {}).items()}
+        except (OSError, ValueError, AttributeError) as err:
+            log.error("ignoring unreadable node state %s: %s", self.state_file, err)
+            return {}
+
+    def set_draining(self, name: str, draining: bool) -> None:
+        self.nodes[name].set_draining(draining)
+        log.warning("node %s %s", name, "drained" if draining else "undrained")
+        if self.state_file:
+            state = {n: node.draining for n, node in self.nodes.items()}
+            tmp = self.state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"draining": state}, indent=1))
+            tmp.replace(self.state_file)

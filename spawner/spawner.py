@@ -4,14 +4,16 @@ on a node, builds its container from a pure spec, and tells the user what it is 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import docker.errors
+import requests.exceptions
 from dockerspawner import DockerSpawner
 from tornado import web
 from traitlets import Any as AnyTrait
-from traitlets import Callable, Dict, Int, List, Unicode, Union, default
+from traitlets import Callable, Dict, Float, Int, List, Tuple, Unicode, Union, default
 
 from .catalogue import Catalogue, Environment
 from .containerspec import SessionIdentity, build_container_spec, home_volume_labels
@@ -19,7 +21,7 @@ from .data import data_mounts_for
 from .form import render_options_form
 from .nodes import Node, NodePool
 from .options import OptionsError, choose_environment, options_from_form
-from .placement import NoPlacement, Reservation, place
+from .placement import POLICIES, NoPlacement, Policy
 
 
 class DeskhubSpawner(DockerSpawner):
@@ -44,9 +46,65 @@ class DeskhubSpawner(DockerSpawner):
         default_value=[{"name": "local", "endpoint": "unix:///var/run/docker.sock"}],
         config=True,
         help="""
-        The Docker engines sessions are placed on, e.g.
-        ``[{"name": "node-1", "endpoint": "tcp://10.0.0.5:2376"}]``. The local engine is
-        the default single node.
+        The Docker engines sessions are placed on, as in the site YAML's ``nodes``. The
+        local engine is the default single node. Example::
+
+            [{"name": "gpu-1", "endpoint": "tcp://10.0.0.5:2376", "address": "10.0.0.5",
+              "tls": {"ca": "/etc/deskhub/ca.pem", "cert": "/etc/deskhub/hub.pem",
+                      "key": "/etc/deskhub/hub-key.pem"},
+              "labels": {"beamline": "mx"}, "hub_connect_url": "http://10.0.0.1:8081",
+              "gpus": [{"id": "GPU-8f1c…", "model": "A40", "memory": "48G",
+                        "desktop_slots": 4}]}]
+        """,
+    )
+    placement_policy = Unicode(
+        "spread",
+        config=True,
+        help="""
+        How the node is chosen among those that fit: ``spread`` (the least loaded node,
+        for interactive sessions) or ``pack`` (the fullest node that still fits, keeping
+        whole nodes free). Example: ``c.DeskhubSpawner.placement_policy = "pack"``.
+        """,
+    )
+    image_bonus = Float(
+        0.25,
+        config=True,
+        help="""
+        Score added to a node that already holds the environment's image (scores run from
+        0 to 1), so a session avoids a multi-GB pull unless that node is much busier.
+        Example: ``c.DeskhubSpawner.image_bonus = 0.5``.
+        """,
+    )
+    start_attempts = Int(
+        3,
+        config=True,
+        help="""
+        Nodes tried for one spawn: a start that fails on one node (engine not answering,
+        image missing, container not created) is retried on the next best node, at most
+        this many in all. Example: ``c.DeskhubSpawner.start_attempts = 2``.
+        """,
+    )
+    node_timeout = Float(
+        10.0, config=True, help="Seconds a node's engine may take per call. Example: 5"
+    )
+    node_poll_interval = Float(
+        3.0, config=True, help="Seconds between two polls of a node by its watcher. Example: 3"
+    )
+    node_lost_after = Float(
+        20.0,
+        config=True,
+        help="""
+        Seconds a node may stay unreachable before the hub reports its sessions stopped
+        (their users can then start again elsewhere). Shorter blips lose nothing.
+        Example: ``c.DeskhubSpawner.node_lost_after = 60``.
+        """,
+    )
+    node_state_file = Unicode(
+        "",
+        config=True,
+        help="""
+        File where drained nodes are remembered across hub restarts, e.g.
+        ``/var/lib/deskhub/nodes.json``; "" keeps drains in memory only.
         """,
     )
     experiments = Union(
@@ -74,6 +132,7 @@ class DeskhubSpawner(DockerSpawner):
     node_name = Unicode(
         "", help="The node this session runs on: chosen at start, kept in the hub's state."
     )
+    gpus = Tuple(help="Device ids of the GPUs placement gave this session on its node.")
     chosen_environment = AnyTrait(None, allow_none=True, help="The validated Environment.")
 
     @default("options_form")
@@ -108,7 +167,15 @@ class DeskhubSpawner(DockerSpawner):
 
     @property
     def pool(self) -> NodePool:
-        return NodePool.shared(self.nodes)
+        if self.placement_policy not in POLICIES:
+            raise web.HTTPError(500, f"placement_policy must be one of {', '.join(POLICIES)}")
+        return NodePool.shared(
+            self.nodes,
+            policy=Policy(self.placement_policy, self.image_bonus),
+            state_file=self.node_state_file,
+            timeout=self.node_timeout,
+            interval=self.node_poll_interval,
+        )
 
     @property
     def node(self) -> Node:
@@ -139,6 +206,7 @@ class DeskhubSpawner(DockerSpawner):
     def clear_state(self) -> None:
         super().clear_state()
         self.node_name = ""
+        self.gpus = ()
 
     # -- progress --------------------------------------------------------------------------
     def _say(self, progress: int, message: str) -> None:
@@ -157,6 +225,10 @@ class DeskhubSpawner(DockerSpawner):
             await asyncio.sleep(0.3)
 
     # -- start ----------------------------------------------------------------------------
+    @property
+    def _key(self) -> str:
+        return f"{self.user.name}/{self.name}"
+
     async def start(self) -> tuple[str, int]:
         self._events: list[dict[str, Any]] = []
         env = self.chosen_environment
@@ -164,50 +236,144 @@ class DeskhubSpawner(DockerSpawner):
             self._apply_options(self.user_options or {})
             env = self.chosen_environment
         assert isinstance(env, Environment)
-        needs = env.needs.describe()
-        self._say(5, f"Starting {env.title}: looking for a compute node with {needs}")
-        key = f"{self.user.name}/{self.name}"
-        if not self.node_name or not await self._container_exists():
-            snapshots = await self.pool.ready()
+        self._say(
+            5, f"Starting {env.title}: looking for a compute node with {env.needs.describe()}"
+        )
+        keep_node = bool(self.node_name) and await self._container_exists()
+        tried: set[str] = set()
+        failure = ""
+        for attempt in range(max(self.start_attempts, 1)):
+            if not (keep_node and attempt == 0):
+                await self._place(env, frozenset(tried), failure)
+            node = self.node
             try:
-                placement = place(env.needs, snapshots, image=env.image)
-            except NoPlacement as err:
-                self.log.warning("no node for %s: %s", key, [(s.name, s.error) for s in snapshots])
-                raise web.HTTPError(503, str(err)) from err
-            self.node_name = placement.node
-            self._say(20, f"Placed on {placement.reason}")
-        node = self.node
-        node.reserve(key, Reservation(env.needs.cpu, env.needs.memory))
-        try:
-            await self._ensure_image(env)
-            await self._ensure_home_volume()
-            self._say(60, f"Starting the desktop container on {node.name}")
-            ip_port = await super().start()
-            self._say(
-                80,
-                f"Container started on {node.name}; waiting for JupyterLab and the desktop",
-            )
-            return ip_port
-        except Exception:
-            await self._remove_failed_container()
-            raise
-        finally:
-            node.release(key)
+                ip_port = await self._start_on(node, env)
+            except StartFailed as err:
+                node.release(self._key)
+                await self._remove_failed_container()
+                failure, why = err.log_message or "", err.short
+            except web.HTTPError:
+                node.release(self._key)
+                await self._remove_failed_container()
+                raise
+            except Exception as err:
+                node.release(self._key)
+                await self._remove_failed_container()
+                if _is_connection_error(err):
+                    node.mark_unreachable(err)
+                    why = "its engine stopped answering"
+                else:
+                    why = f"{type(err).__name__}"
+                failure = (
+                    "Your session could not be started; please try again, and tell your"
+                    " administrator if it keeps failing."
+                )
+                self.log.error("starting %s on %s failed: %s", self._key, node.name, err)
+            else:
+                node.started(self._key)
+                node.refresh_soon()
+                return ip_port
+            tried.add(node.name)
             node.refresh_soon()
+            self._say(20, f"Could not start on {node.name} ({why}); trying another node")
+        raise web.HTTPError(503, failure)
+
+    async def _place(self, env: Environment, tried: frozenset[str], failure: str) -> None:
+        """Choose the node (and GPUs) and reserve them; 503 with one sentence if none fits."""
+        await self.pool.ready()
+        try:
+            placement = self.pool.decide(self._key, env.needs, env.image, exclude=tried)
+        except NoPlacement as err:
+            self.log.warning(
+                "no node for %s: %s",
+                self._key,
+                [(s.name, s.error or "up") for s in self.pool.snapshots()],
+            )
+            # after failed attempts, the user hears what failed rather than "no node"
+            raise web.HTTPError(503, failure or str(err)) from err
+        self.node_name, self.gpus = placement.node, placement.gpus
+        down = [s.name for s in self.pool.snapshots() if not s.reachable and s.name not in tried]
+        note = f" ({', '.join(down)} not answering)" if down else ""
+        self._say(20, f"Placed on {placement.reason}{note}")
+
+    async def _start_on(self, node: Node, env: Environment) -> tuple[str, int]:
+        await self._remove_stale_elsewhere(node)
+        await self._ensure_image(env)
+        await self._ensure_home_volume()
+        await node.ensure_network(self.network_name)
+        self.hub_connect_url = node.config.hub_connect_url or None
+        self._say(60, f"Starting the desktop container on {node.name}")
+        ip_port = await super().start()
+        self._say(80, f"Container started on {node.name}; waiting for JupyterLab and the desktop")
+        return ip_port
+
+    async def _remove_stale_elsewhere(self, node: Node) -> None:
+        """A session left on another node (e.g. one that was down) is removed first."""
+        for other in self.pool.nodes.values():
+            if other is node or self._key not in other.snapshot.sessions:
+                continue
+            self.log.warning("removing %s's stale container on %s", self._key, other.name)
+            try:
+                await other.call("remove_container", self.container_name, force=True)
+            except docker.errors.DockerException as err:
+                self.log.warning("could not remove it: %s", err)
+            other.refresh_soon()
+
+    async def get_ip_and_port(self) -> tuple[str, int]:
+        address = self.node.config.publish_address
+        if not address:
+            return await super().get_ip_and_port()
+        bindings = await self.docker("port", self.container_id, self.port)
+        if not bindings:
+            raise RuntimeError(f"no published port for {self.container_name} on {self.node_name}")
+        return address, int(bindings[0]["HostPort"])
 
     # -- a session never placed has no container to look at ---------------------------
     async def get_object(self) -> dict[str, Any] | None:
+        if not self.node_name:
+            # state without a node (an older hub): the engines know where it runs
+            await self.pool.ready()
+            self.node_name = self.pool.find_session(self._key) or ""
         if not self.node_name or self.pool.get(self.node_name) is None:
             self.object_id = ""
             return None
         return await super().get_object()
+
+    async def poll(self) -> int | None:
+        node = self.pool.get(self.node_name) if self.node_name else None
+        if node is not None and not node.snapshot.reachable and node.down_since is not None:
+            down_for = time.monotonic() - node.down_since
+            if down_for < self.node_lost_after:
+                return None  # a blip: keep the session until the node is lost for good
+            self.log.warning(
+                "%s's session is on %s, which is not answering (%s): reported stopped",
+                self._log_name,
+                node.name,
+                node.snapshot.error,
+            )
+            return 1
+        try:
+            return await super().poll()
+        except Exception as err:
+            if node is None or not _is_connection_error(err):
+                raise
+            node.mark_unreachable(err)
+            return None
 
     async def stop(self, now: bool = False) -> None:
         node = self.pool.get(self.node_name) if self.node_name else None
         if node is None:
             self.clear_state()
             return
-        await super().stop(now)
+        try:
+            await super().stop(now)
+        except Exception as err:
+            if not _is_connection_error(err):
+                raise
+            # the node is down: the container is removed when a later start finds it
+            self.log.warning("could not stop %s on %s: %s", self._key, node.name, err)
+            node.mark_unreachable(err)
+            self.clear_state()
         node.refresh_soon()
 
     async def _container_exists(self) -> bool:
@@ -233,10 +399,10 @@ class DeskhubSpawner(DockerSpawner):
             await self.docker("inspect_image", env.image)
         except docker.errors.DockerException as err:
             self.log.error("image %s unavailable on %s: %s", env.image, self.node_name, err)
-            raise web.HTTPError(
-                503,
+            raise StartFailed(
                 f"The environment '{env.title}' is not available right now (its image is"
                 " missing); please tell your administrator.",
+                short="its image is missing there",
             ) from err
 
     def _home_volume(self) -> str:
@@ -255,7 +421,7 @@ class DeskhubSpawner(DockerSpawner):
             return
         try:
             await self.docker("remove_container", self.object_id, force=True)
-        except docker.errors.DockerException as err:
+        except Exception as err:  # the node may be down: a later start removes it
             self.log.warning("could not remove failed container %s: %s", self.object_id, err)
         self.object_id = ""
 
@@ -281,14 +447,35 @@ class DeskhubSpawner(DockerSpawner):
             network=self.network_name,
             port=self.port,
             pids_limit=self.pids_limit,
+            gpus=self.gpus,
+            publish_address=self.node.config.publish_address,
         )
         host_config = await self.docker("create_host_config", **spec["host_config"])
         try:
             return await self.docker("create_container", host_config=host_config, **spec["create"])
         except docker.errors.APIError as err:
             self.log.error("creating container for %s failed: %s", self._log_name, err)
-            raise web.HTTPError(
-                500,
+            raise StartFailed(
                 "Your session could not be created on its compute node; please try again,"
                 " and tell your administrator if it keeps failing.",
+                short="the engine refused the container",
             ) from err
+
+
+class StartFailed(web.HTTPError):
+    """A start that failed on one node and may succeed on another (HTTP 503 if none)."""
+
+    def __init__(self, message: str, short: str) -> None:
+        super().__init__(503, message)
+        self.short = short
+
+
+def _is_connection_error(err: BaseException) -> bool:
+    """True when a Docker call failed because the engine could not be reached in time."""
+    return isinstance(
+        err,
+        requests.exceptions.ConnectionError
+        | requests.exceptions.Timeout
+        | TimeoutError
+        | ConnectionError,
+    )

@@ -70,7 +70,9 @@ class Hub:
         self.network = network
         self.token = secrets.token_hex(24)
         self.admin_password = secrets.token_urlsafe(12)
-        site = {**site, "hub": {**site.get("hub", {}), "bind_url": self.url, "network": network}}
+        self.api_port = site.get("hub", {}).get("api_port") or free_port()
+        hub = {**site.get("hub", {}), "bind_url": self.url, "network": network}
+        site = {**site, "hub": {**hub, "api_port": self.api_port}}
         self.site_path = workdir / "site.yaml"
         self.site_path.write_text(yaml.safe_dump(site))
         (self.state / "admin-credentials").write_text(
@@ -183,6 +185,24 @@ class Hub:
                 return
             time.sleep(0.25)
         raise TimeoutError(f"{user}'s server did not stop in {timeout}s")
+
+    def admin_session(self) -> requests.Session:
+        """A browser-like session logged in through the login form as the first admin."""
+        session = requests.Session()
+        session.get(f"{self.url}/hub/login", timeout=30)
+        response = session.post(
+            f"{self.url}/hub/login",
+            data={
+                "username": "admin",
+                "password": self.admin_password,
+                "_xsrf": session.cookies.get("_xsrf"),
+            },
+            allow_redirects=False,
+            timeout=30,
+        )
+        if response.status_code != 302:
+            raise RuntimeError(f"admin login failed: {response.status_code} {response.text}")
+        return session
 
     def user_get(self, user: str, path: str, **kwargs: Any) -> requests.Response:
         """GET a path of the user's server through the proxy, with the harness's token."""

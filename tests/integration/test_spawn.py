@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import pytest
-import requests
 
 GiB = 1024**3
 
@@ -40,7 +39,9 @@ def test_container_has_the_expected_spec(hub, alice):
         "deskhub.node": "local",
         "deskhub.reserved.cpu": "0.25",
         "deskhub.reserved.memory": str(GiB),
+        "deskhub.gpu": "none",
     }
+    assert host["DeviceRequests"] is None
     assert host["Memory"] == GiB
     assert host["NanoCpus"] == 250_000_000
     assert host["PidsLimit"] == 2048
@@ -157,24 +158,6 @@ def test_missing_image_is_a_clear_error_and_creates_nothing(hub):
     assert "image deskhub/never-built:latest unavailable on local" in hub.log_tail(400)
 
 
-def form_session(hub) -> requests.Session:
-    """A browser-like session logged in through the login form as the first admin."""
-    session = requests.Session()
-    session.get(f"{hub.url}/hub/login", timeout=30)
-    response = session.post(
-        f"{hub.url}/hub/login",
-        data={
-            "username": "admin",
-            "password": hub.admin_password,
-            "_xsrf": session.cookies.get("_xsrf"),
-        },
-        allow_redirects=False,
-        timeout=30,
-    )
-    assert response.status_code == 302, response.text
-    return session
-
-
 @pytest.mark.parametrize(
     ("form", "message"),
     [
@@ -184,7 +167,7 @@ def form_session(hub) -> requests.Session:
     ],
 )
 def test_bad_spawn_form_gets_400_on_the_form_page(hub, form, message):
-    session = form_session(hub)
+    session = hub.admin_session()
     before = {c.name for c in hub.containers()}
     response = session.post(
         f"{hub.url}/hub/spawn",

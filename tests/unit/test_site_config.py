@@ -61,7 +61,10 @@ def test_site_yaml_is_laid_over_defaults(tmp_path):
             "environments: {'Bad Name': {image: a}}\n",
             "'environments.Bad Name' is not an allowed name",
         ),
-        ("environments: {mx: {image: a, needs: {gpu: maybe}}}\n", "must be one of ['none']"),
+        (
+            "environments: {mx: {image: a, needs: {gpu: maybe}}}\n",
+            "must be none, shared or {exclusive: N}, not 'maybe'",
+        ),
         ("data: {experiments: {e1: {path: relative/dir}}}\n", "'data.experiments.e1.path'"),
         (
             "data: {experiments: {'../etc': {path: /etc}}}\n",
@@ -111,3 +114,46 @@ def test_idle_culler_service_has_the_narrowest_role():
         }
     ]
     assert idle_culler(0) == ([], [])
+
+
+def test_a_multi_node_gpu_site_parses_into_nodes_and_needs(tmp_path):
+    from deskhub.spawner.catalogue import Catalogue, Needs
+    from deskhub.spawner.inventory import NodeConfig, TlsFiles, node_from_spec
+    from deskhub.spawner.placement import Gpu
+
+    site = load_site(
+        write(
+            tmp_path,
+            """
+            environments:
+              viz: {image: v, needs: {gpu: shared, gpu_memory: 8G, node_labels: {beamline: mx}}}
+              train: {image: t, needs: {cpu: 8, memory: 64G, gpu: {exclusive: 2}}}
+            placement: {policy: pack, image_bonus: 0.5}
+            nodes:
+              - name: gpu-1
+                endpoint: tcp://10.0.0.5:2376
+                address: 10.0.0.5
+                hub_connect_url: http://10.0.0.1:8081
+                labels: {beamline: mx, gpu: a40}
+                tls: {ca: /etc/deskhub/ca.pem, cert: /etc/deskhub/hub.pem, key: /etc/deskhub/k.pem}
+                gpus:
+                  - {id: GPU-aaaa, model: A40, memory: 48G, desktop_slots: 6}
+                  - {id: GPU-bbbb, model: A40, memory: 48G}
+            """,
+        )
+    )
+    assert node_from_spec(site["nodes"][0]) == NodeConfig(
+        name="gpu-1",
+        endpoint="tcp://10.0.0.5:2376",
+        address="10.0.0.5",
+        labels={"beamline": "mx", "gpu": "a40"},
+        gpus=(Gpu("GPU-aaaa", "A40", 48 * 1024**3, 6), Gpu("GPU-bbbb", "A40", 48 * 1024**3, 4)),
+        tls=TlsFiles("/etc/deskhub/ca.pem", "/etc/deskhub/hub.pem", "/etc/deskhub/k.pem"),
+        hub_connect_url="http://10.0.0.1:8081",
+    )
+    catalogue = Catalogue.from_site(site["environments"])
+    assert catalogue.get("viz").needs == Needs(
+        1.0, 2 * 1024**3, "shared", 1, 8 * 1024**3, (("beamline", "mx"),)
+    )
+    assert catalogue.get("train").needs == Needs(8.0, 64 * 1024**3, "exclusive", 2)
+    assert site["placement"]["policy"] == "pack"
