@@ -98,6 +98,7 @@ def configure(c: Any) -> dict[str, Any]:
     c.DeskhubSpawner.node_timeout = float(placement["node_timeout"])
     c.DeskhubSpawner.node_poll_interval = float(placement["poll_interval"])
     c.DeskhubSpawner.node_lost_after = float(placement["node_lost_after"])
+    c.DeskhubSpawner.prometheus = placement.get("prometheus", {})
     c.DeskhubSpawner.node_state_file = str(state / "nodes.json")
     remote = [n["name"] for n in site["nodes"] if not n["endpoint"].startswith("unix://")]
     if remote:

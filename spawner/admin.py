@@ -32,6 +32,8 @@ def pool_of(handler: web.RequestHandler) -> NodePool:
 def node_model(node: Node) -> dict[str, Any]:
     snap = node.planning_snapshot()
     use = snap.gpu_use
+    metrics = node.fresh_metrics()
+    measured = metrics.gpus if metrics is not None else {}
     sessions = []
     for key, r in sorted(snap.sessions.items()):
         user, _, server = key.partition("/")
@@ -63,6 +65,7 @@ def node_model(node: Node) -> dict[str, Any]:
         "reserved_memory": snap.reserved_memory,
         "load": round(snap.load / snap.cpus, 3) if snap.load is not None and snap.cpus else None,
         "memory_used": snap.memory_used,
+        "load_source": "prometheus" if metrics is not None else "docker stats",
         "images": len(snap.images),
         "sessions": sessions,
         "gpus": [
@@ -73,6 +76,8 @@ def node_model(node: Node) -> dict[str, Any]:
                 "desktop_slots": gpu.desktop_slots,
                 "desktops": use[gpu.id].shared,
                 "exclusive": use[gpu.id].exclusive,
+                "utilisation": measured[gpu.id].utilisation if gpu.id in measured else None,
+                "memory_used": measured[gpu.id].memory_used if gpu.id in measured else None,
             }
             for gpu in snap.gpus
         ],

@@ -46,6 +46,13 @@ class NodeConfig:
         return self.endpoint.startswith("unix://")
 
     @property
+    def metrics_instance(self) -> str:
+        """The node-exporter ``instance`` label: as configured, else ``ADDRESS:9100``."""
+        if self.prometheus_instance:
+            return self.prometheus_instance
+        return f"{self.publish_address}:9100" if self.publish_address else ""
+
+    @property
     def publish_address(self) -> str:
         """The address session ports are published on (remote nodes only)."""
         if self.is_local:

@@ -26,6 +26,7 @@ import docker.tls
 from .catalogue import Needs
 from .containerspec import LABEL_PREFIX
 from .inventory import NodeConfig, node_from_spec
+from .metrics import MetricsUnavailable, NodeMetrics, PrometheusSource
 from .placement import SPREAD, NodeSnapshot, Placement, Policy, Reservation, place
 
 log = logging.getLogger("deskhub.nodes")
@@ -141,6 +142,9 @@ class Node:
         self._pending: dict[str, tuple[Reservation, float | None]] = {}
         self._cpu: dict[str, _CpuSample] = {}
         self._networks: set[str] = set()
+        # live load from Prometheus, when the pool has a source (else docker stats)
+        self.metrics: NodeMetrics | None = None
+        self.metrics_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[NodeSnapshot] | None = None
 
@@ -195,11 +199,16 @@ class Node:
             )
             running = await asyncio.wait_for(self.call("containers"), self.timeout)
             images = await asyncio.wait_for(self.call("images"), self.timeout)
-            load, used = await self._measure(running)
+            metrics = self.fresh_metrics()
+            if metrics is not None and metrics.load is not None:
+                load, used = metrics.load, metrics.memory_used
+            else:
+                load, used = await self._measure(running)
         except Exception as err:  # any failure means: not usable now
             self.mark_unreachable(err)
         else:
             tags = frozenset(tag for image in images for tag in (image.get("RepoTags") or []))
+            gpus = metrics.gpus if metrics is not None else {}
             if not self.snapshot.reachable:
                 log.info("node %s is reachable (%s CPUs)", self.name, info.get("NCPU"))
             self.down_since = None
@@ -217,6 +226,8 @@ class Node:
                 draining=self.draining,
                 load=load,
                 memory_used=used,
+                gpu_busy={k: g.utilisation / 100 for k, g in gpus.items()},
+                gpu_memory_free={k: g.memory_free for k, g in gpus.items()},
             )
             # spawns that finished before this poll began are in the snapshot now
             for key, (_, done_at) in list(self._pending.items()):
@@ -225,6 +236,12 @@ class Node:
         self.polled_at = time.monotonic()
         self._polled.set()
         return self.snapshot
+
+    def fresh_metrics(self) -> NodeMetrics | None:
+        """Prometheus' last answer for this node, if it is recent (3 poll intervals)."""
+        if self.metrics is None or time.monotonic() - self.metrics_at > 3 * self.interval:
+            return None
+        return self.metrics
 
     def mark_unreachable(self, err: BaseException) -> None:
         """The node failed a call: plan without it until a poll succeeds again."""
@@ -312,9 +329,13 @@ class NodePool:
         *,
         policy: Policy = SPREAD,
         state_file: str | Path | None = None,
+        metrics: PrometheusSource | None = None,
     ) -> None:
         self.nodes: dict[str, Node] = {node.name: node for node in nodes}
         self.policy = policy
+        self.metrics = metrics
+        self._metrics_task: asyncio.Task[None] | None = None
+        self._metrics_error = ""
         self.state_file = Path(state_file) if state_file else None
         self._lock = threading.Lock()
         for name, draining in self._load_drained().items():
@@ -330,22 +351,67 @@ class NodePool:
         state_file: str = "",
         timeout: float = 10.0,
         interval: float = 3.0,
+        prometheus: Mapping[str, Any] | None = None,
     ) -> NodePool:
-        """The one pool for this configuration (so every spawner sees the same watchers)."""
+        """The one pool for this configuration (so every spawner sees the same watchers).
+
+        ``prometheus``: ``{"url": ..., "rate_window": "1m"}`` to take live load from there.
+        """
         config = list(config)
-        key = json.dumps([config, policy.mode, policy.image_bonus, state_file], sort_keys=True)
+        key = json.dumps(
+            [config, policy.mode, policy.image_bonus, state_file, prometheus], sort_keys=True
+        )
         if key not in cls._shared:
             nodes = (
                 Node(node_from_spec(spec), timeout=timeout, interval=interval) for spec in config
             )
-            cls._shared[key] = cls(nodes, policy=policy, state_file=state_file or None)
+            source = (
+                PrometheusSource(
+                    prometheus["url"],
+                    timeout=timeout,
+                    rate_window=prometheus.get("rate_window", "1m"),
+                )
+                if prometheus and prometheus.get("url")
+                else None
+            )
+            cls._shared[key] = cls(
+                nodes, policy=policy, state_file=state_file or None, metrics=source
+            )
         return cls._shared[key]
+
+    # -- live load from Prometheus ----------------------------------------------------------
+    async def poll_metrics(self) -> None:
+        """Ask Prometheus once for every node's load and GPU use (one query per metric)."""
+        assert self.metrics is not None
+        instances = {n.name: n.config.metrics_instance for n in self.nodes.values()}
+        gpu_ids = {n.name: [g.id for g in n.config.gpus] for n in self.nodes.values()}
+        try:
+            found = await self.metrics.fetch(instances, gpu_ids)
+        except MetricsUnavailable as err:
+            if str(err) != self._metrics_error:
+                log.warning("Prometheus unavailable, measuring containers instead: %s", err)
+            self._metrics_error = str(err)
+            return
+        if self._metrics_error:
+            log.info("Prometheus answers again")
+        self._metrics_error = ""
+        now = time.monotonic()
+        for name, metrics in found.items():
+            self.nodes[name].metrics, self.nodes[name].metrics_at = metrics, now
+
+    async def _watch_metrics(self) -> None:
+        interval = min(node.interval for node in self.nodes.values())
+        while True:
+            await self.poll_metrics()
+            await asyncio.sleep(interval)
 
     def get(self, name: str) -> Node | None:
         return self.nodes.get(name)
 
     async def ready(self) -> list[NodeSnapshot]:
         """Start the watchers if needed; wait for every node's first poll; snapshots."""
+        if self.metrics is not None and (self._metrics_task is None or self._metrics_task.done()):
+            self._metrics_task = asyncio.get_running_loop().create_task(self._watch_metrics())
         for node in self.nodes.values():
             node.start_watching()
         waits = [node.wait_polled() for node in self.nodes.values()]

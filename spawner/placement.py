@@ -9,8 +9,9 @@ shared GPU, or N whole GPUs nobody else uses, each with enough GPU memory), and 
 CPUs and memory free that the session reserves.
 
 **Score.** ``busy`` is the node's fullest dimension after placing the session: reserved
-CPUs, reserved memory, for GPU sessions the chosen GPU's desktop slots, and, where the
-watcher measured them, the live CPU load and memory in use (each as a fraction, 0 to 1).
+CPUs, reserved memory, for desktop GPU sessions the chosen GPU's desktop slots (and its
+utilisation where Prometheus reports it), and, where the watcher measured them, the live CPU
+load and memory in use (each as a fraction, 0 to 1).
 Policy ``spread`` (default, for interactive sessions) scores ``1 - busy``: the least loaded
 node wins. Policy ``pack`` scores ``busy``: the fullest node that still fits wins, keeping
 whole nodes free. A node that already holds the environment's image gets ``image_bonus``
@@ -88,6 +89,9 @@ class NodeSnapshot:
     draining: bool = False
     load: float | None = None  # CPUs busy right now, where measured
     memory_used: int | None = None  # bytes in use right now, where measured
+    # where Prometheus reports them (DCGM-exporter), by GPU id: busy fraction, free bytes
+    gpu_busy: Mapping[str, float] = field(default_factory=dict)
+    gpu_memory_free: Mapping[str, int] = field(default_factory=dict)
 
     # derived once, when the snapshot is made: a decision reads them for every node
     reserved_cpu: float = field(init=False, default=0.0)
@@ -128,6 +132,8 @@ class NodeSnapshot:
             draining=self.draining,
             load=self.load,
             memory_used=self.memory_used,
+            gpu_busy=self.gpu_busy,
+            gpu_memory_free=self.gpu_memory_free,
         )
 
 
@@ -164,7 +170,7 @@ def _pick_gpus(node: NodeSnapshot, needs: Needs, spread: bool) -> tuple[str, tup
     use = node.gpu_use
     gpus = [(i, g, use[g.id]) for i, g in enumerate(node.gpus) if g.memory >= needs.gpu_memory]
     if needs.gpu == "shared":
-        best: tuple[int, int] | None = None  # (free slots, index)
+        best: tuple[int, float, int] | None = None  # (free slots, -busy, -index)
         seen = False
         for i, gpu, used in gpus:
             if gpu.desktop_slots <= 0:
@@ -173,11 +179,16 @@ def _pick_gpus(node: NodeSnapshot, needs: Needs, spread: bool) -> tuple[str, tup
             free = gpu.desktop_slots - used.shared
             if used.exclusive or free <= 0:
                 continue
-            if best is None or (free > best[0] if spread else free < best[0]):
-                best = (free, i)
+            measured = node.gpu_memory_free.get(gpu.id)
+            if needs.gpu_memory and measured is not None and measured < needs.gpu_memory:
+                continue  # declared big enough, but others' desktops hold its memory now
+            # spread: most free slots, then least busy; pack: fewest free slots
+            key = (free, -node.gpu_busy.get(gpu.id, 0.0), -i)
+            if best is None or (key > best if spread else key[0] < best[0]):
+                best = key
         if best is None:
             return ("gpu_busy" if seen else "no_gpu"), ()
-        return "", (best[1],)
+        return "", (-best[2],)
     if len(gpus) < needs.gpus:
         return "no_gpu", ()
     idle = [i for i, _, used in gpus if not used.exclusive and used.shared == 0]
@@ -224,7 +235,8 @@ def evaluator(needs: Needs, policy: Policy, image: str) -> Callable[[NodeSnapsho
         busy = max(cpu / node.cpus, memory / node.memory, node.live_busy)
         if gpus and gpu_mode == "shared":
             gpu = node.gpus[gpus[0]]
-            busy = max(busy, (node.gpu_use[gpu.id].shared + 1) / gpu.desktop_slots)
+            slots = (node.gpu_use[gpu.id].shared + 1) / gpu.desktop_slots
+            busy = max(busy, slots, node.gpu_busy.get(gpu.id, 0.0))
         value = 1.0 - busy if spread else busy
         if image in node.images:
             value += bonus
@@ -245,7 +257,11 @@ def explain(node: NodeSnapshot, needs: Needs, gpus: tuple[int, ...], image: str)
         gpu = node.gpus[gpus[0]]
         free = gpu.desktop_slots - node.gpu_use[gpu.id].shared
         model = f" ({gpu.model})" if gpu.model else ""
-        parts.append(f"GPU {gpus[0]}{model} has {free} of {gpu.desktop_slots} desktop slots free")
+        busy = node.gpu_busy.get(gpu.id)
+        measured = f" (busy {busy:.0%})" if busy is not None else ""
+        parts.append(
+            f"GPU {gpus[0]}{model} has {free} of {gpu.desktop_slots} desktop slots free{measured}"
+        )
     elif needs.gpu == "exclusive" and gpus:
         models = sorted({node.gpus[i].model for i in gpus if node.gpus[i].model})
         model = f" ({', '.join(models)})" if models else ""

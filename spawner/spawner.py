@@ -90,6 +90,18 @@ class DeskhubSpawner(DockerSpawner):
     node_poll_interval = Float(
         3.0, config=True, help="Seconds between two polls of a node by its watcher. Example: 3"
     )
+    prometheus = Dict(
+        {},
+        config=True,
+        help="""
+        Where live node load and GPU use come from, if not from ``docker stats``: a
+        Prometheus server scraping node-exporter (and DCGM-exporter on GPU nodes). Nodes
+        are matched by ``instance`` (``prometheus_instance``, default ``ADDRESS:9100``),
+        GPUs by UUID. Example::
+
+            c.DeskhubSpawner.prometheus = {"url": "http://prometheus:9090", "rate_window": "1m"}
+        """,
+    )
     node_lost_after = Float(
         20.0,
         config=True,
@@ -175,6 +187,7 @@ class DeskhubSpawner(DockerSpawner):
             state_file=self.node_state_file,
             timeout=self.node_timeout,
             interval=self.node_poll_interval,
+            prometheus=self.prometheus or None,
         )
 
     @property

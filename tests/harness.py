@@ -8,6 +8,7 @@ file that gives the harness an API token with admin scopes and test-only name pr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,16 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 HUB_CONFIG = ROOT / "hub_config" / "jupyterhub_config.py"
+
+
+def run_async(coroutine: Any) -> Any:
+    """Run a coroutine to its end on a fresh event loop in a thread of its own.
+
+    Playwright's sync API (browser tests in the same session) leaves an event loop
+    registered on the main thread, where ``asyncio.run`` then refuses to start.
+    """
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def free_port() -> int:

@@ -59,6 +59,16 @@ ensure_proxy() {
     || die "npm could not install configurable-http-proxy"
 }
 
+ensure_test_prometheus() {
+  local fresh=0
+  dpkg -s prometheus prometheus-node-exporter >/dev/null 2>&1 || fresh=1
+  apt_install prometheus prometheus-node-exporter
+  # on a systemd host the packages start services on :9090 and :9100: the tests need none
+  if [ "$fresh" = 1 ] && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus.service prometheus-node-exporter.service >/dev/null 2>&1 || true
+  fi
+}
+
 ensure_images() {
   DESKHUB_PYTHON="$VENV/bin/python" "$DESKHUB_ROOT/images/build" --if-missing
 }

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from deskhub.spawner.inventory import NodeConfig
 from deskhub.spawner.nodes import Node
 from deskhub.spawner.placement import Reservation
+from tests.harness import run_async
 
 GiB = 1024**3
 
 
 def refresh(node: Node):
-    # A fresh loop in its own thread: Playwright's sync API (browser tests in the same
-    # session) leaves an event loop registered on the main thread.
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, node.refresh()).result()
+    return run_async(node.refresh())
 
 
 def test_local_node_snapshot_reads_capacity_images_and_sessions(hub):

@@ -278,3 +278,15 @@ def test_concurrent_decisions_never_share_an_exclusive_gpu(requests, threads):
         w.join()
     for snapshot in pool.snapshots():
         check_invariants(snapshot)
+
+
+def test_measured_gpu_use_steers_desktops_to_the_quieter_gpu():
+    gpus = (Gpu("GPU-0", "A40", 48 * GiB, 4), Gpu("GPU-1", "A40", 48 * GiB, 4))
+    busy = {"GPU-0": 0.9, "GPU-1": 0.1}
+    snapshot = node("g", gpus=gpus, gpu_busy=busy)
+    placement = place(SHARED, [snapshot])
+    assert placement.gpus == ("GPU-1",)
+    assert "GPU 1 (A40) has 4 of 4 desktop slots free (busy 10%)" in placement.reason
+    # a GPU whose memory others' desktops hold is skipped for a session that needs memory
+    full = node("g", gpus=gpus, gpu_memory_free={"GPU-0": 40 * GiB, "GPU-1": 2 * GiB})
+    assert place(Needs(1, GiB, gpu="shared", gpu_memory=8 * GiB), [full]).gpus == ("GPU-0",)
