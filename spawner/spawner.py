@@ -252,12 +252,10 @@ class DeskhubSpawner(DockerSpawner):
         self._say(
             5, f"Starting {env.title}: looking for a compute node with {env.needs.describe()}"
         )
-        keep_node = bool(self.node_name) and await self._container_exists()
         tried: set[str] = set()
         failure = ""
-        for attempt in range(max(self.start_attempts, 1)):
-            if not (keep_node and attempt == 0):
-                await self._place(env, frozenset(tried), failure)
+        for _ in range(max(self.start_attempts, 1)):
+            await self._place(env, frozenset(tried), failure)
             node = self.node
             try:
                 ip_port = await self._start_on(node, env)
@@ -269,14 +267,20 @@ class DeskhubSpawner(DockerSpawner):
                 node.release(self._key)
                 await self._remove_failed_container()
                 raise
+            except asyncio.CancelledError:
+                # start_timeout, or the user cancelled: the hub stops (removes) it next
+                node.release(self._key)
+                raise
             except Exception as err:
                 node.release(self._key)
                 await self._remove_failed_container()
                 if _is_connection_error(err):
                     node.mark_unreachable(err)
                     why = "its engine stopped answering"
+                elif isinstance(err, docker.errors.APIError):
+                    why = "its engine could not start the container"
                 else:
-                    why = f"{type(err).__name__}"
+                    why = type(err).__name__
                 failure = (
                     "Your session could not be started; please try again, and tell your"
                     " administrator if it keeps failing."
@@ -337,8 +341,13 @@ class DeskhubSpawner(DockerSpawner):
         if not address:
             return await super().get_ip_and_port()
         bindings = await self.docker("port", self.container_id, self.port)
-        if not bindings:
-            raise RuntimeError(f"no published port for {self.container_name} on {self.node_name}")
+        if not bindings:  # the container exited at once: it publishes nothing
+            self.log.error("%s on %s has no published port", self.container_name, self.node_name)
+            raise StartFailed(
+                "Your session stopped as soon as it started; please try again, and tell your"
+                " administrator if it keeps failing.",
+                short="its container stopped at once",
+            )
         return address, int(bindings[0]["HostPort"])
 
     # -- a session never placed has no container to look at ---------------------------
@@ -388,12 +397,6 @@ class DeskhubSpawner(DockerSpawner):
             node.mark_unreachable(err)
             self.clear_state()
         node.refresh_soon()
-
-    async def _container_exists(self) -> bool:
-        try:
-            return await self.get_object() is not None
-        except Exception:
-            return False
 
     async def _ensure_image(self, env: Environment) -> None:
         try:

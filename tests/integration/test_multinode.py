@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from tests.harness import Hub
-from tests.multinode import EngineCluster
+from tests.multinode import TINY_IMAGE, EngineCluster
 
 pytestmark = pytest.mark.docker
 
@@ -65,7 +65,28 @@ def mn(multinode_hub: Hub, session_cluster: EngineCluster):
     # an image tag that only node-b holds
     node_b = session_cluster["node-b"].client()
     node_b.images.get("deskhub/base:latest").tag("deskhub/base", "only-b")
+    node_c = session_cluster["node-c"].client()
+    node_c.images.get("deskhub/base:latest").tag("deskhub/base", "a-and-c")
+    node_a = session_cluster["node-a"].client()
+    node_a.images.get(TINY_IMAGE).tag("deskhub/base", "a-and-c")
     return multinode_hub, session_cluster
+
+
+def test_a_start_that_fails_on_one_node_is_retried_on_the_next(mn):
+    hub, cluster = mn
+    # all nodes are empty: node-a wins the tie by name, but its image has no JupyterHub, so
+    # the container there exits at once
+    spawn(hub, "zed", "flaky")
+    assert find(cluster, hub, "zed")[0] == "node-c"
+    log = hub.log_tail(3000)
+    assert "zed: Placed on node-a: " in log
+    assert "zed: Could not start on node-a (its container stopped at once); trying another" in log
+    assert "zed: Placed on node-c: " in log
+    # nothing is left behind on node-a, and its reservation is gone
+    assert not cluster["node-a"].client().containers.list(all=True, filters={"name": "zed"})
+    node_a = hub.api("GET", "/nodes/node-a").json()
+    assert node_a["sessions"] == [] and node_a["reserved_cpu"] == 0
+    hub.stop_server("zed")
 
 
 def test_sessions_spread_over_the_nodes_and_are_served_across_hosts(mn):
