@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .catalogue import Needs
 from .units import format_cpu, format_memory
@@ -92,12 +93,16 @@ class NodeSnapshot:
     # where Prometheus reports them (DCGM-exporter), by GPU id: busy fraction, free bytes
     gpu_busy: Mapping[str, float] = field(default_factory=dict)
     gpu_memory_free: Mapping[str, int] = field(default_factory=dict)
+    # the images that describe an environment (image_labels.environment_image_entries)
+    environment_images: tuple[Mapping[str, Any], ...] = ()
 
     # derived once, when the snapshot is made: a decision reads them for every node
     reserved_cpu: float = field(init=False, default=0.0)
     reserved_memory: int = field(init=False, default=0)
     live_busy: float = field(init=False, default=0.0)
     gpu_use: Mapping[str, GpuUse] = field(init=False, default_factory=dict)
+    # per GPU: (index, id, memory, desktop slots, desktops on it, held exclusively)
+    gpu_table: tuple[tuple[int, str, int, int, int, bool], ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
         sessions = self.sessions.values()
@@ -113,7 +118,12 @@ class NodeSnapshot:
             ),
         }
         if self.gpus:
-            derived["gpu_use"] = _gpu_use(self.gpus, sessions)
+            use = _gpu_use(self.gpus, sessions)
+            derived["gpu_use"] = use
+            derived["gpu_table"] = tuple(
+                (i, g.id, g.memory, g.desktop_slots, use[g.id].shared, use[g.id].exclusive)
+                for i, g in enumerate(self.gpus)
+            )
         for name, value in derived.items():
             object.__setattr__(self, name, value)
 
@@ -134,6 +144,7 @@ class NodeSnapshot:
             memory_used=self.memory_used,
             gpu_busy=self.gpu_busy,
             gpu_memory_free=self.gpu_memory_free,
+            environment_images=self.environment_images,
         )
 
 
@@ -167,34 +178,35 @@ class NoPlacement(Exception):
 # -- the filter ---------------------------------------------------------------------------
 def _pick_gpus(node: NodeSnapshot, needs: Needs, spread: bool) -> tuple[str, tuple[int, ...]]:
     """("", indexes of the chosen GPUs) or (refusal kind, ())."""
-    use = node.gpu_use
-    gpus = [(i, g, use[g.id]) for i, g in enumerate(node.gpus) if g.memory >= needs.gpu_memory]
+    min_memory = needs.gpu_memory
     if needs.gpu == "shared":
         best: tuple[int, float, int] | None = None  # (free slots, -busy, -index)
         seen = False
-        for i, gpu, used in gpus:
-            if gpu.desktop_slots <= 0:
+        for i, gpu_id, memory, slots, shared, exclusive in node.gpu_table:
+            if memory < min_memory or slots <= 0:
                 continue
             seen = True
-            free = gpu.desktop_slots - used.shared
-            if used.exclusive or free <= 0:
+            free = slots - shared
+            if exclusive or free <= 0:
                 continue
-            measured = node.gpu_memory_free.get(gpu.id)
-            if needs.gpu_memory and measured is not None and measured < needs.gpu_memory:
-                continue  # declared big enough, but others' desktops hold its memory now
+            if min_memory:
+                measured = node.gpu_memory_free.get(gpu_id)
+                if measured is not None and measured < min_memory:
+                    continue  # declared big enough, but others' desktops hold its memory now
             # spread: most free slots, then least busy; pack: fewest free slots
-            key = (free, -node.gpu_busy.get(gpu.id, 0.0), -i)
+            key = (free, -node.gpu_busy.get(gpu_id, 0.0), -i)
             if best is None or (key > best if spread else key[0] < best[0]):
                 best = key
         if best is None:
             return ("gpu_busy" if seen else "no_gpu"), ()
         return "", (-best[2],)
-    if len(gpus) < needs.gpus:
+    count = needs.gpus
+    if sum(1 for row in node.gpu_table if row[2] >= min_memory) < count:
         return "no_gpu", ()
-    idle = [i for i, _, used in gpus if not used.exclusive and used.shared == 0]
-    if len(idle) < needs.gpus:
+    idle = [row[0] for row in node.gpu_table if row[2] >= min_memory and not row[4] and not row[5]]
+    if len(idle) < count:
         return "gpu_busy", ()
-    return "", tuple(idle[: needs.gpus])
+    return "", tuple(idle[:count])
 
 
 Evaluation = tuple[str, tuple[int, ...], float]
@@ -222,6 +234,8 @@ def evaluator(needs: Needs, policy: Policy, image: str) -> Callable[[NodeSnapsho
                 return "labels", (), 0.0
         gpus: tuple[int, ...] = ()
         if gpu_mode != "none":
+            if not node.gpus:
+                return "no_gpu", (), 0.0
             why, gpus = _pick_gpus(node, needs, spread)
             if why:
                 return why, (), 0.0
