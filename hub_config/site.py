@@ -87,6 +87,11 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return error.message
 
 
+def explain(error: jsonschema.ValidationError) -> str:
+    """One error of the schema as the hub prints it: the key's path, then what is wrong."""
+    return f"'{_key_path(error)}' {_describe(error)}"
+
+
 def validate(config: Mapping[str, Any], source: str) -> None:
     schema = yaml.safe_load(SCHEMA.read_text())
     validator = jsonschema.Draft202012Validator(schema)
@@ -94,7 +99,7 @@ def validate(config: Mapping[str, Any], source: str) -> None:
     if errors:
         first = errors[0]
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise SiteConfigError(f"{source}: '{_key_path(first)}' {_describe(first)}{more}")
+        raise SiteConfigError(f"{source}: {explain(first)}{more}")
     environments = config.get("environments", {})
     defaults = [name for name, env in environments.items() if env.get("default")]
     if len(defaults) > 1:

@@ -1,7 +1,9 @@
 """The environments a user can pick: what each is, which image it runs, what it needs.
 
-The catalogue is plain data. Today it is filled from the site config; later it can be
-filled from image labels without the spawner noticing the difference.
+The catalogue is plain data, built from specs of the site YAML's shape. They come from the
+labels of the images on the nodes (:mod:`.image_labels`) laid under the site YAML's
+``environments`` (:func:`merge_environments`), so the spawner does not care where an
+environment was described.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from deskhub.hub_config.site import merge
 
 from .units import format_cpu, format_memory, parse_memory
 
@@ -68,6 +72,15 @@ def needs_from_spec(spec: Mapping[str, Any]) -> Needs:
 
 
 @dataclass(frozen=True)
+class App:
+    """An application the environment offers (a launcher on its desktop)."""
+
+    name: str
+    exec: str
+    gpu: bool = False  # started through VirtualGL when the session has a GPU
+
+
+@dataclass(frozen=True)
 class Environment:
     name: str
     title: str
@@ -75,6 +88,9 @@ class Environment:
     image: str
     needs: Needs = Needs()
     default: bool = False
+    icon: str = ""  # a data:image/... URI or an https:// URL
+    apps: tuple[App, ...] = ()
+    virtualgl: bool | None = None  # whether the image has VirtualGL; None: not said
 
 
 class Catalogue:
@@ -102,6 +118,12 @@ class Catalogue:
                     image=spec["image"],
                     needs=needs_from_spec(spec.get("needs", {})),
                     default=bool(spec.get("default", False)),
+                    icon=spec.get("icon", ""),
+                    apps=tuple(
+                        App(a["name"], a["exec"], bool(a.get("gpu", False)))
+                        for a in spec.get("apps", ())
+                    ),
+                    virtualgl=spec.get("virtualgl"),
                 )
             )
         return cls(entries)
@@ -125,3 +147,52 @@ class Catalogue:
         if marked:
             return marked[0]
         return next(iter(self)) if len(self) == 1 else None
+
+
+@dataclass(frozen=True)
+class MergedEnvironments:
+    """The environment specs users may get (hidden ones included, flagged), by name."""
+
+    environments: dict[str, dict[str, Any]]
+    sources: dict[str, str]  # name -> "image", "site" or "image+site"
+    warnings: list[str]
+
+
+def merge_environments(
+    site: Mapping[str, Mapping[str, Any]], from_images: Mapping[str, Mapping[str, Any]]
+) -> MergedEnvironments:
+    """Image-described environments laid under the site YAML's ``environments``.
+
+    A site entry overrides the image's spec key by key (``needs`` too); ``hidden: true``
+    hides it. A site entry with an ``image`` of its own counts whether or not an image
+    describes it. Site entries come first, in their order, then the others by name. An
+    entry left without an image, or that needs a shared GPU while its image says it has
+    no VirtualGL, is not offered and gives a warning.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    sources: dict[str, str] = {}
+    warnings: list[str] = []
+    for name in [*site, *sorted(n for n in from_images if n not in site)]:
+        labelled, local = from_images.get(name), site.get(name)
+        if labelled is not None and local is not None:
+            spec, source = merge(labelled, local), "image+site"
+        else:
+            spec, source = dict(labelled or local or {}), "image" if labelled else "site"
+        hidden = bool(spec.get("hidden", False))
+        if "image" not in spec:
+            if not hidden:
+                warnings.append(
+                    f"environment '{name}' in the site config has no image, and no image on"
+                    f" a reachable node is labelled deskhub.environment.name={name};"
+                    " it is not offered"
+                )
+            continue
+        gpu = (spec.get("needs") or {}).get("gpu")
+        if not hidden and gpu == "shared" and spec.get("virtualgl") is False:
+            warnings.append(
+                f"environment '{name}' needs a shared GPU, but its image {spec['image']}"
+                " has no VirtualGL (label deskhub.virtualgl=yes); it is not offered"
+            )
+            continue
+        out[name], sources[name] = spec, source
+    return MergedEnvironments(out, sources, warnings)

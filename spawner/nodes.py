@@ -4,7 +4,8 @@ Every Docker call for a node runs in that node's own thread, so a slow or dead n
 blocks the hub's event loop nor another node. A background watcher per node keeps a
 :class:`NodeSnapshot` fresh (reachability, capacity, deskhub sessions and what they
 reserved, read from container labels; live CPU load and memory of the node's containers;
-images present); all spawns share it instead of querying nodes themselves.
+images present, and the deskhub labels of those that describe an environment); all spawns
+share it instead of querying nodes themselves.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,11 +26,13 @@ import docker.tls
 
 from .catalogue import Needs
 from .containerspec import LABEL_PREFIX
+from .image_labels import environment_image_entries, environments_from_images
 from .inventory import NodeConfig, node_from_spec
 from .metrics import MetricsUnavailable, NodeMetrics, PrometheusSource
 from .placement import SPREAD, NodeSnapshot, Placement, Policy, Reservation, place
 
-log = logging.getLogger("deskhub.nodes")
+# a child of JupyterHub's own logger: same handler, format and level as the hub's lines
+log = logging.getLogger("JupyterHub.deskhub.nodes")
 
 
 def reservation_from_labels(labels: Mapping[str, str]) -> Reservation:
@@ -142,11 +145,14 @@ class Node:
         self._pending: dict[str, tuple[Reservation, float | None]] = {}
         self._cpu: dict[str, _CpuSample] = {}
         self._networks: set[str] = set()
+        self._network_lock = asyncio.Lock()
         # live load from Prometheus, when the pool has a source (else docker stats)
         self.metrics: NodeMetrics | None = None
         self.metrics_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[NodeSnapshot] | None = None
+        # called after a poll that found other environment images (the pool re-reads them)
+        self.on_refresh: Callable[[], None] | None = None
 
     # -- Docker calls, always in this node's thread -------------------------------------
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -191,6 +197,7 @@ class Node:
 
     async def refresh(self) -> NodeSnapshot:
         started = time.monotonic()
+        had = (self.snapshot.reachable, self.snapshot.environment_images)
         try:
             info = await asyncio.wait_for(self.call("info"), self.timeout)
             deskhub = await asyncio.wait_for(
@@ -228,6 +235,7 @@ class Node:
                 memory_used=used,
                 gpu_busy={k: g.utilisation / 100 for k, g in gpus.items()},
                 gpu_memory_free={k: g.memory_free for k, g in gpus.items()},
+                environment_images=environment_image_entries(images),
             )
             # spawns that finished before this poll began are in the snapshot now
             for key, (_, done_at) in list(self._pending.items()):
@@ -235,6 +243,14 @@ class Node:
                     del self._pending[key]
         self.polled_at = time.monotonic()
         self._polled.set()
+        if self.on_refresh is not None and had != (
+            self.snapshot.reachable,
+            self.snapshot.environment_images,
+        ):
+            try:
+                self.on_refresh()
+            except Exception:  # never let it stop the watcher
+                log.exception("reading the environments of %s's images failed", self.name)
         return self.snapshot
 
     def fresh_metrics(self) -> NodeMetrics | None:
@@ -285,12 +301,21 @@ class Node:
         """The sessions' bridge network exists on this node (created once if missing)."""
         if name in self._networks:
             return
-        found = [n for n in await self.call("networks", names=[name]) if n["Name"] == name]
-        if not found:
-            await self.call(
-                "create_network", name, driver="bridge", labels={f"{LABEL_PREFIX}managed": "true"}
-            )
-        self._networks.add(name)
+        # many spawns may land on a fresh node at once: Docker would create one network per
+        # caller under the same name, and containers then fail on an ambiguous name
+        async with self._network_lock:
+            if name in self._networks:
+                return
+            found = [n for n in await self.call("networks", names=[name]) if n["Name"] == name]
+            if not found:
+                await self.call(
+                    "create_network",
+                    name,
+                    driver="bridge",
+                    check_duplicate=True,
+                    labels={f"{LABEL_PREFIX}managed": "true"},
+                )
+            self._networks.add(name)
 
     # -- reservations of spawns in flight --------------------------------------------------
     def reserve(self, key: str, reservation: Reservation) -> None:
@@ -341,6 +366,11 @@ class NodePool:
         for name, draining in self._load_drained().items():
             if name in self.nodes:
                 self.nodes[name].set_draining(draining)
+        self._images_read: list[Mapping[str, Any]] | None = None
+        self._image_environments: tuple[dict[str, dict[str, Any]], list[str]] = ({}, [])
+        self._warned: dict[str, set[str]] = {}
+        for node in self.nodes.values():
+            node.on_refresh = self.image_environments
 
     @classmethod
     def shared(
@@ -407,6 +437,34 @@ class NodePool:
 
     def get(self, name: str) -> Node | None:
         return self.nodes.get(name)
+
+    # -- environments described by the images on the nodes ----------------------------------
+    def image_environments(self) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """Environment specs from the labels of the images on reachable nodes, and warnings.
+
+        Read again only when the images changed; a new warning is logged once.
+        """
+        images = [
+            image
+            for name in sorted(self.nodes)
+            if self.nodes[name].snapshot.reachable
+            for image in self.nodes[name].snapshot.environment_images
+        ]
+        if images != self._images_read:
+            self._image_environments = environments_from_images(images)
+            self._images_read = images
+            self.log_warnings("images", self._image_environments[1])
+        return self._image_environments
+
+    def log_warnings(self, source: str, warnings: Iterable[str]) -> None:
+        """Log each warning when it first appears (not at every poll); say when one goes."""
+        now = set(warnings)
+        before = self._warned.get(source, set())
+        for warning in sorted(now - before):
+            log.warning("environment warning: %s", warning)
+        for warning in sorted(before - now):
+            log.info("environment warning resolved: %s", warning)
+        self._warned[source] = now
 
     async def ready(self) -> list[NodeSnapshot]:
         """Start the watchers if needed; wait for every node's first poll; snapshots."""

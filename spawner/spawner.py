@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import docker.errors
@@ -15,7 +16,7 @@ from tornado import web
 from traitlets import Any as AnyTrait
 from traitlets import Callable, Dict, Float, Int, List, Tuple, Unicode, Union, default
 
-from .catalogue import Catalogue, Environment
+from .catalogue import Catalogue, Environment, MergedEnvironments, merge_environments
 from .containerspec import SessionIdentity, build_container_spec, home_volume_labels
 from .data import data_mounts_for
 from .form import render_options_form
@@ -33,7 +34,10 @@ class DeskhubSpawner(DockerSpawner):
         config=True,
         help="""
         The environments users can pick, by name, as in the site YAML's ``environments``.
-        A dict, or a callable ``f(spawner) -> dict`` for per-user catalogues. Example::
+        They are laid over the environments the images on the nodes describe with their
+        labels (see docs/environments.md): an entry here overrides such an environment key
+        by key, ``{"hidden": True}`` hides it. A dict, or a callable ``f(spawner) -> dict``
+        for per-user catalogues. Example::
 
             c.DeskhubSpawner.environments = {
                 "xfm": {"title": "XFM", "description": "PyMca and silx",
@@ -149,7 +153,12 @@ class DeskhubSpawner(DockerSpawner):
 
     @default("options_form")
     def _options_form_default(self) -> Any:
-        return lambda spawner: render_options_form(spawner.catalogue())
+        async def form(spawner: DeskhubSpawner) -> str:
+            # the first form after a hub start waits for the nodes' images to be listed
+            await spawner.pool.ready()
+            return render_options_form(spawner.catalogue())
+
+        return form
 
     @default("options_from_form")
     def _options_from_form_default(self) -> Any:
@@ -165,7 +174,8 @@ class DeskhubSpawner(DockerSpawner):
     def _apply_user_options_default(self) -> Any:
         return DeskhubSpawner._apply_options
 
-    def _apply_options(self, user_options: dict[str, Any]) -> None:
+    async def _apply_options(self, user_options: dict[str, Any]) -> None:
+        await self.pool.ready()  # environments described by images need a first poll
         try:
             env = choose_environment(user_options, self.catalogue())
         except OptionsError as err:
@@ -174,8 +184,16 @@ class DeskhubSpawner(DockerSpawner):
         self.image = env.image
 
     # -- catalogue, nodes ---------------------------------------------------------------
+    def environment_specs(self) -> MergedEnvironments:
+        """The site's environments laid over those the nodes' images describe (as last
+        polled); warnings of both kinds, each logged once."""
+        from_images, image_warnings = self.pool.image_environments()
+        merged = merge_environments(self._eval_if_callable(self.environments), from_images)
+        self.pool.log_warnings("site", merged.warnings)
+        return replace(merged, warnings=image_warnings + merged.warnings)
+
     def catalogue(self) -> Catalogue:
-        return Catalogue.from_site(self._eval_if_callable(self.environments))
+        return Catalogue.from_site(self.environment_specs().environments)
 
     @property
     def pool(self) -> NodePool:
@@ -246,7 +264,7 @@ class DeskhubSpawner(DockerSpawner):
         self._events: list[dict[str, Any]] = []
         env = self.chosen_environment
         if env is None:  # apply_user_options not run (e.g. a restart after a hub upgrade)
-            self._apply_options(self.user_options or {})
+            await self._apply_options(self.user_options or {})
             env = self.chosen_environment
         assert isinstance(env, Environment)
         self._say(

@@ -19,6 +19,23 @@ def test_defaults_alone_are_valid():
     assert set(site["environments"]) == {"desktop", "xfm"}
 
 
+def test_an_entry_may_leave_the_image_to_the_images_labels(tmp_path):
+    site = load_site(
+        write(
+            tmp_path,
+            """
+            environments:
+              mx: {title: MX at our site, needs: {memory: 16G}}
+              old: {hidden: true}
+              viz: {image: v, icon: "https://icons.example.org/viz.svg", virtualgl: true,
+                    apps: [{name: ParaView, exec: paraview, gpu: true}]}
+            """,
+        )
+    )
+    assert site["environments"]["mx"] == {"title": "MX at our site", "needs": {"memory": "16G"}}
+    assert site["environments"]["old"] == {"hidden": True}
+
+
 def test_site_yaml_is_laid_over_defaults(tmp_path):
     site = load_site(
         write(
@@ -52,7 +69,8 @@ def test_site_yaml_is_laid_over_defaults(tmp_path):
         ("sesions: {idle_timeout: 5}\n", "'sesions' is not a known setting"),
         ("sessions: {idle_timout: 5}\n", "'sessions.idle_timout' is not a known setting"),
         ("sessions: {idle_timeout: soon}\n", "'sessions.idle_timeout' 'soon' is not of type"),
-        ("environments: {mx: {title: MX}}\n", "'environments.mx' 'image' is a required property"),
+        ("environments: {mx: {title: MX, apps: [{name: A}]}}\n", "'environments.mx.apps.0'"),
+        ("environments: {mx: {image: a, icon: 'ftp://x/i.png'}}\n", "'environments.mx.icon'"),
         (
             "environments: {mx: {image: a, needs: {memory: lots}}}\n",
             "'environments.mx.needs.memory'",
