@@ -2,7 +2,19 @@
 side by side with stock DockerSpawner on the same image in the same run, and writes
 docs/benchmarks.md.
 
-Run it with ``deploy/benchmark`` (which prepares the machine first).
+Run it with ``deploy/benchmark`` (which prepares the machine first). Its sections:
+
+- ``sessions``: spawn to ready, desktop pixels and idle memory, one hub after the other on
+  the host engine; plus the image sizes (about 5 minutes).
+- ``placement``: the time of one placement decision over 10, 100 and 1,000 nodes, and of
+  building the node snapshots (``deploy/bench_placement.py``; pure CPU, about 15 s).
+- ``concurrent``: 30 spawns at once on deskhub over three real engines, then on stock
+  DockerSpawner on the host engine (``deploy/bench_placement.py``; several minutes).
+
+``--only placement concurrent`` runs only those (default: all). Each section is written to
+docs/benchmarks.md between the markers ``<!-- benchmark:NAME -->`` and
+``<!-- /benchmark:NAME -->``, with its own date and machine; the sections not run keep
+their previous text (a file without markers counts as the ``sessions`` section).
 """
 
 from __future__ import annotations
@@ -24,18 +36,26 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
-from playwright.sync_api import sync_playwright  # noqa: E402
 
+from deploy import bench_placement  # noqa: E402
 from deskhub.hub_config.hub import network_gateway  # noqa: E402
 from deskhub.hub_config.site import load_site  # noqa: E402
 from deskhub.spawner.catalogue import Catalogue  # noqa: E402
-from tests.browser.conftest import CHROMIUM_FLAGS  # noqa: E402
-from tests.browser.test_desktop_in_browser import wait_for_desktop  # noqa: E402
 from tests.harness import Hub, free_port  # noqa: E402
 
 # the shipped default environment, with the shipped defaults' needs (its limits)
-DEFAULT_DESKTOP = Catalogue.from_site(load_site(None)["environments"]).default
+DEFAULTS = load_site(None)
+DEFAULT_DESKTOP = Catalogue.from_site(DEFAULTS["environments"]).default
 assert DEFAULT_DESKTOP is not None
+START_TIMEOUT = DEFAULTS["sessions"]["start_timeout"]
+
+SECTIONS = ("sessions", "placement", "concurrent")
+TITLE = "# deskhub benchmarks"
+INTRO = (
+    "Written by `deploy/benchmark`; each section says when and on what machine it was "
+    "measured. `deploy/benchmark --only SECTION` reruns one section (`sessions`, `placement`, "
+    "`concurrent`) and keeps the others."
+)
 
 STOCK_CONFIG = """
 c.JupyterHub.bind_url = {url!r}
@@ -49,10 +69,13 @@ c.DockerSpawner.image = "deskhub/base:latest"
 c.DockerSpawner.network_name = {network!r}
 c.DockerSpawner.use_internal_ip = True
 c.DockerSpawner.remove = True
-c.DockerSpawner.prefix = "stockbench"
-# the same limits deskhub gives its default environment, so only the spawners differ
+c.DockerSpawner.prefix = {prefix!r}
+# the same limits deskhub gives the environment, so only the spawners differ
 c.DockerSpawner.cpu_limit = {cpu}
 c.DockerSpawner.mem_limit = {memory}
+# deskhub's start timeout (sessions.start_timeout), which it also uses as http_timeout
+c.Spawner.start_timeout = {start_timeout}
+c.Spawner.http_timeout = {start_timeout}
 c.Spawner.default_url = "/lab"
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
 c.JupyterHub.services = [{{"name": "harness", "api_token": {token!r}}}]
@@ -64,8 +87,15 @@ c.JupyterHub.load_roles = [{{"name": "harness", "services": ["harness"],
 class StockHub(Hub):
     """Stock JupyterHub + DockerSpawner, configured the documented way, on the same image."""
 
-    def __init__(self, workdir: Path, network: str) -> None:
-        super().__init__(workdir, {}, prefix="stockbench", network=network)
+    def __init__(
+        self,
+        workdir: Path,
+        network: str,
+        prefix: str = "stockbench",
+        cpu: float = DEFAULT_DESKTOP.needs.cpu,
+        memory: int = DEFAULT_DESKTOP.needs.memory,
+    ) -> None:
+        super().__init__(workdir, {}, prefix=prefix, network=network)
         self.config_file = workdir / "stock_config.py"
         self.config_file.write_text(
             STOCK_CONFIG.format(
@@ -75,14 +105,16 @@ class StockHub(Hub):
                 network=network,
                 token=self.token,
                 proxy_api_port=free_port(),
-                cpu=DEFAULT_DESKTOP.needs.cpu,
-                memory=DEFAULT_DESKTOP.needs.memory,
+                prefix=prefix,
+                cpu=cpu,
+                memory=memory,
+                start_timeout=START_TIMEOUT,
             )
         )
 
     def containers(self) -> list[Any]:
         return [
-            c for c in self.docker.containers.list(all=True) if c.name.startswith("stockbench-")
+            c for c in self.docker.containers.list(all=True) if c.name.startswith(f"{self.prefix}-")
         ]
 
 
@@ -104,6 +136,8 @@ def spawn_times(hub: Hub, user: str, runs: int) -> list[float]:
 
 def desktop_pixels_and_memory(hub: Hub, user: str, browser: Any, idle: float) -> dict[str, float]:
     """Spawn, open the desktop in Chromium, time to pixels; then idle memory."""
+    from tests.browser.test_desktop_in_browser import wait_for_desktop
+
     hub.ensure_user(user)
     token = hub.api("POST", f"/users/{user}/tokens", json={"expires_in": 3600}).json()["token"]
     hub.spawn_ready(user)
@@ -173,14 +207,12 @@ def fmt(values: list[float]) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=5, help="spawns per spawner")
-    parser.add_argument("--idle", type=float, default=60, help="seconds idle before memory")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    args = parser.parse_args()
+def run_sessions(args: argparse.Namespace, client: docker.DockerClient) -> str:
+    """Spawn times, desktop pixels and idle memory of both hubs; the image sizes."""
+    from playwright.sync_api import sync_playwright
 
-    client = docker.from_env()
+    from tests.browser.conftest import CHROMIUM_FLAGS
+
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="deskhub-bench-") as tmp, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
@@ -208,16 +240,13 @@ def main() -> None:
             browser.close()
 
     lines = [
-        "# deskhub benchmarks",
+        "## Sessions",
         "",
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `deploy/benchmark` on: "
-        f"{describe_machine(client)}.",
+        f"Measured {now()} on: {describe_machine(client)}.",
         "",
         "Both hubs ran in the same run, on the same engine, with the same image "
         "(`deskhub/base:latest`) and the same limits (deskhub's default environment: "
         f"{DEFAULT_DESKTOP.needs.describe()}), one after the other.",
-        "",
-        "## Sessions",
         "",
         "| spawner | spawn to ready (REST API) | desktop pixels after opening `/desktop/` "
         f"| memory of an idle desktop session after {args.idle:.0f} s |",
@@ -244,10 +273,101 @@ def main() -> None:
     ]
     for name, size, unique in image_sizes(client):
         lines.append(f"| `{name}` | {size:.0f} MB | {unique:.0f} MB |")
-    lines.append("")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
+
+
+def now() -> str:
+    return f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def marker(name: str, end: bool = False) -> str:
+    return f"<!-- {'/' if end else ''}benchmark:{name} -->"
+
+
+def read_sections(text: str) -> dict[str, str]:
+    """The sections of an earlier docs/benchmarks.md, by name (see the module docstring)."""
+    sections = {}
+    for name in SECTIONS:
+        begin, end = marker(name), marker(name, end=True)
+        if begin in text and end in text:
+            sections[name] = text.split(begin, 1)[1].split(end, 1)[0].strip()
+    body = text.strip().removeprefix(TITLE).strip()
+    if not sections and body:
+        # written before the markers: all of it was the sessions section, its date first
+        head, heading, tail = body.partition("## Sessions\n")
+        sections["sessions"] = f"{heading}\n{head.strip()}\n{tail}".strip() if heading else body
+    return sections
+
+
+def write_sections(path: Path, new: dict[str, str]) -> str:
+    """Replace the sections in ``new``, keep the others; returns the whole text."""
+    sections = read_sections(path.read_text()) if path.exists() else {}
+    sections.update(new)
+    parts = [TITLE, "", INTRO, ""]
+    for name in SECTIONS:
+        if name in sections:
+            parts += [marker(name), "", sections[name], "", marker(name, end=True), ""]
+    text = "\n".join(parts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SECTIONS,
+        default=list(SECTIONS),
+        metavar="SECTION",
+        help=f"run only these sections ({', '.join(SECTIONS)}; default: all)",
+    )
+    parser.add_argument("--runs", type=int, default=5, help="spawns per spawner (sessions)")
+    parser.add_argument(
+        "--idle", type=float, default=60, help="seconds idle before memory (sessions)"
+    )
+    parser.add_argument(
+        "--decisions", type=int, default=300, help="timed decisions per row (placement)"
+    )
+    parser.add_argument(
+        "--users", type=int, default=bench_placement.USERS, help="spawns at once (concurrent)"
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args()
+
+    client = docker.from_env()
+    machine = describe_machine(client)
+    new: dict[str, str] = {}
+    for name in SECTIONS:
+        if name not in args.only:
+            continue
+        begin = time.monotonic()
+        print(f"[bench] section {name}", flush=True)
+        if name == "sessions":
+            new[name] = run_sessions(args, client)
+        elif name == "placement":
+            result = bench_placement.run_placement(decisions=args.decisions)
+            new[name] = bench_placement.placement_markdown(result, now(), machine)
+        else:
+            result = bench_placement.run_concurrent(
+                client,
+                lambda work, network, prefix: StockHub(
+                    work,
+                    network,
+                    prefix,
+                    cpu=bench_placement.CPU,
+                    memory=bench_placement.MEMORY,
+                ),
+                args.users,
+            )
+            new[name] = bench_placement.concurrent_markdown(result, now(), machine)
+        print(new[name], flush=True)
+        print(f"[bench] section {name} took {time.monotonic() - begin:.0f} s", flush=True)
+        # written after each section, so a later section that fails keeps this one
+        write_sections(args.out, {name: new[name]})
 
 
 if __name__ == "__main__":
