@@ -2,10 +2,11 @@
 
 Each node is a container of ``deskhub/test-node:latest`` (``tests/nodes/Dockerfile``)
 running its own ``dockerd`` on the user-defined bridge network ``deskhub-test-nodes``
-(172.31.250.0/24, nodes at .11, .12, ...). The host reaches every node's engine API at
+(172.31.250.0/24, or a spare /24 where an existing network overlaps it; nodes at .11,
+.12, ...). The host reaches every node's engine API at
 ``tcp://IP:2375`` (plain) or ``tcp://IP:2376`` (mutual TLS, certificates made here with
 ``cryptography``), and reaches ports that containers inside a node publish on the node's
-IP; containers inside a node reach the host at the network's gateway, 172.31.250.1.
+IP; containers inside a node reach the host at the network's gateway (``.1``).
 Containers of the *host* engine on other bridge networks do not reach the nodes (Docker
 isolates bridge networks from each other): attach them to this network if they must.
 
@@ -60,6 +61,8 @@ TINY_IMAGE = "deskhub/test-tiny:latest"
 DEFAULT_BASE = "deskhub/debian-local:bookworm"
 NETWORK = "deskhub-test-nodes"
 SUBNET = "172.31.250.0/24"
+# used instead of SUBNET (or the one asked for) when an existing network overlaps it
+SPARE_SUBNETS = ("10.251.250.0/24", "10.252.250.0/24", "192.168.250.0/24", "172.30.250.0/24")
 FIRST_HOST = 11
 CONTAINER_PREFIX = "deskhubnode-"
 LABEL = "deskhub.test-node"
@@ -406,9 +409,13 @@ class EngineCluster:
         names = [spec.name for spec in self.specs]
         if len(set(names)) != len(names):
             raise ValueError(f"node names repeat: {names}")
-        hosts = list(ipaddress.ip_network(self.subnet).hosts())
+        self._use_subnet(self.subnet)
+
+    def _use_subnet(self, subnet: str) -> None:
+        hosts = list(ipaddress.ip_network(subnet).hosts())
         if self.first_host + len(self.specs) > len(hosts):
-            raise ValueError(f"{len(self.specs)} nodes do not fit in {self.subnet}")
+            raise ValueError(f"{len(self.specs)} nodes do not fit in {subnet}")
+        self.subnet = subnet
         self._ips = {
             spec.name: str(hosts[self.first_host - 1 + i]) for i, spec in enumerate(self.specs)
         }
@@ -587,6 +594,20 @@ class EngineCluster:
                     f"network {self.network} exists with subnets {subnets}, not {self.subnet}"
                 )
             return
+        # Docker hands out /16s of 172.17-31 and 192.168 in turn: one may already cover the
+        # wanted subnet, so take the first candidate that overlaps no existing network
+        taken = [
+            ipaddress.ip_network(c["Subnet"])
+            for n in self.host.networks.list()
+            for c in (n.attrs.get("IPAM") or {}).get("Config") or []
+            if c.get("Subnet") and ":" not in c["Subnet"]
+        ]
+        for candidate in [self.subnet, *SPARE_SUBNETS]:
+            if not any(ipaddress.ip_network(candidate).overlaps(t) for t in taken):
+                self._use_subnet(candidate)
+                break
+        else:
+            raise NodeError(f"no free subnet for {self.network}: {[str(t) for t in taken]}")
         ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=self.subnet)])
         self.host.networks.create(self.network, driver="bridge", ipam=ipam, labels={LABEL: "true"})
 

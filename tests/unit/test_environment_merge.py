@@ -1,7 +1,6 @@
 """The catalogue = environments found in images, laid under the site YAML's; and what the
 node pool makes of its nodes' images (reachable nodes only, warnings logged once)."""
 
-import asyncio
 import logging
 
 from deskhub.spawner.catalogue import App, Catalogue, merge_environments
@@ -145,33 +144,3 @@ def test_warnings_are_logged_once_and_their_end_is_noted(caplog):
         f"environment warning resolved: {warnings[0]}",
     ]
     assert "deskhub.needs.memory='lots'" in warnings[0]
-
-
-def test_a_poll_fills_the_snapshot_and_tells_the_pool_only_when_images_change():
-    labelled = entry(["deskhub/mx:latest"], "mx", "sha256:1", **{"deskhub.title": "MX"})
-    images = [labelled, {"Id": "sha256:2", "RepoTags": ["debian:bookworm"], "Labels": None}]
-    answers = {
-        "info": {"NCPU": 4, "MemTotal": 8 * 1024**3},
-        "containers": [],
-        "images": images,
-    }
-    node = Node(NodeConfig(name="a", endpoint="unix:///nowhere"))
-
-    async def call(method, *args, **kwargs):
-        return answers[method]
-
-    node.call = call
-    pool = NodePool([node])
-    calls = []
-    node.on_refresh = lambda: calls.append(pool.image_environments())
-
-    async def polls(n):
-        for _ in range(n):
-            await node.refresh()
-
-    asyncio.run(polls(3))
-    assert node.snapshot.environment_images == (labelled,)
-    assert [list(found) for found, _ in calls] == [["mx"]]  # once: the images did not change
-    images.pop(0)
-    asyncio.run(polls(2))
-    assert [list(found) for found, _ in calls] == [["mx"], []]
