@@ -206,15 +206,11 @@ class Node:
             )
             running = await asyncio.wait_for(self.call("containers"), self.timeout)
             images = await asyncio.wait_for(self.call("images"), self.timeout)
-            metrics = self.fresh_metrics()
-            if metrics is not None and metrics.load is not None:
-                load, used = metrics.load, metrics.memory_used
-            else:
-                load, used = await self._measure(running)
         except Exception as err:  # any failure means: not usable now
             self.mark_unreachable(err)
+            self._polled.set()
         else:
-            tags = frozenset(tag for image in images for tag in (image.get("RepoTags") or []))
+            metrics = self.fresh_metrics()
             gpus = metrics.gpus if metrics is not None else {}
             if not self.snapshot.reachable:
                 log.info("node %s is reachable (%s CPUs)", self.name, info.get("NCPU"))
@@ -227,12 +223,13 @@ class Node:
                 cpus=float(info.get("NCPU", 0)),
                 memory=int(info.get("MemTotal", 0)),
                 sessions=sessions_from_containers(live),
-                images=tags,
+                images=frozenset(tag for image in images for tag in image.get("RepoTags") or []),
                 labels=self.config.labels,
                 gpus=self.config.gpus,
                 draining=self.draining,
-                load=load,
-                memory_used=used,
+                # the last measure until this poll's is done
+                load=self.snapshot.load,
+                memory_used=self.snapshot.memory_used,
                 gpu_busy={k: g.utilisation / 100 for k, g in gpus.items()},
                 gpu_memory_free={k: g.memory_free for k, g in gpus.items()},
                 environment_images=environment_image_entries(images),
@@ -241,8 +238,20 @@ class Node:
             for key, (_, done_at) in list(self._pending.items()):
                 if done_at is not None and done_at <= started:
                     del self._pending[key]
+            # capacity and sessions are known: a waiting spawn may decide now, while the
+            # live load (one stats call per container) is measured
+            self._polled.set()
+            if metrics is not None and metrics.load is not None:
+                load, used = metrics.load, metrics.memory_used
+            else:
+                try:
+                    load, used = await self._measure(running)
+                except Exception as err:
+                    self.mark_unreachable(err)
+                    load = None
+            if self.snapshot.reachable and load is not None:
+                self.snapshot = replace(self.snapshot, load=load, memory_used=used)
         self.polled_at = time.monotonic()
-        self._polled.set()
         if self.on_refresh is not None and had != (
             self.snapshot.reachable,
             self.snapshot.environment_images,

@@ -175,11 +175,18 @@ class DeskhubSpawner(DockerSpawner):
         return DeskhubSpawner._apply_options
 
     async def _apply_options(self, user_options: dict[str, Any]) -> None:
-        await self.pool.ready()  # environments described by images need a first poll
         try:
             env = choose_environment(user_options, self.catalogue())
         except OptionsError as err:
-            raise web.HTTPError(400, str(err)) from err
+            # environments described by images are known after the nodes' first poll
+            # (right after a hub start): decide again once it is done
+            if all(node.polled_at for node in self.pool.nodes.values()):
+                raise web.HTTPError(400, str(err)) from err
+            await self.pool.ready()
+            try:
+                env = choose_environment(user_options, self.catalogue())
+            except OptionsError as again:
+                raise web.HTTPError(400, str(again)) from again
         self.chosen_environment = env
         self.image = env.image
 
