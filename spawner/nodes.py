@@ -1,8 +1,9 @@
 """Compute nodes: one Docker client, one executor thread and one watcher per node.
 
 Every Docker call for a node runs in that node's own thread, so a slow or dead node never
-blocks the hub's event loop nor another node. A background watcher per node keeps a
-:class:`NodeSnapshot` fresh (reachability, capacity, deskhub sessions and what they
+blocks the hub's event loop nor another node (the watcher's ``docker stats`` calls, one per
+running container, have a second thread, so they never delay a spawn). A background watcher
+per node keeps a :class:`NodeSnapshot` fresh (reachability, capacity, deskhub sessions and what they
 reserved, read from container labels; live CPU load and memory of the node's containers;
 images present, and the deskhub labels of those that describe an environment); all spawns
 share it instead of querying nodes themselves.
@@ -131,6 +132,8 @@ class Node:
         self.draining = config.draining
         self._client: EngineClient | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"docker-{self.name}")
+        self._stats_client: EngineClient | None = None
+        self._stats_executor = ThreadPoolExecutor(1, thread_name_prefix=f"stats-{self.name}")
         self.snapshot = NodeSnapshot(
             name=self.name,
             reachable=False,
@@ -154,21 +157,35 @@ class Node:
         # called after a poll that found other environment images (the pool re-reads them)
         self.on_refresh: Callable[[], None] | None = None
 
-    # -- Docker calls, always in this node's thread -------------------------------------
+    # -- Docker calls, always in this node's threads ------------------------------------
+    def _new_client(self) -> EngineClient:
+        # version negotiation talks to the engine: never on the event loop
+        return EngineClient(
+            base_url=self.endpoint,
+            version="auto",
+            timeout=self.timeout,
+            tls=tls_config(self.config) or False,
+        )
+
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if self._client is None:
-            # version negotiation talks to the engine: never on the event loop
-            self._client = EngineClient(
-                base_url=self.endpoint,
-                version="auto",
-                timeout=self.timeout,
-                tls=tls_config(self.config) or False,
-            )
+            self._client = self._new_client()
         return getattr(self._client, method)(*args, **kwargs)
+
+    def _stats(self, container_id: str) -> Any:
+        if self._stats_client is None:
+            self._stats_client = self._new_client()
+        return self._stats_client.stats(container_id, stream=False, one_shot=True)
 
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run ``APIClient.<method>`` in this node's thread and await its result."""
         future = self._executor.submit(self._call, method, *args, **kwargs)
+        return await asyncio.wrap_future(future)
+
+    async def stats(self, container_id: str) -> Any:
+        """One container's ``docker stats``, in the node's second thread (the watcher's
+        measuring, one call per running container, never delays a spawn's calls)."""
+        future = self._stats_executor.submit(self._stats, container_id)
         return await asyncio.wrap_future(future)
 
     @property
@@ -183,9 +200,7 @@ class Node:
             cid = container["Id"]
             seen.add(cid)
             try:
-                stats = await asyncio.wait_for(
-                    self.call("stats", cid, stream=False, one_shot=True), self.timeout
-                )
+                stats = await asyncio.wait_for(self.stats(cid), self.timeout)
             except (docker.errors.NotFound, TimeoutError):
                 continue  # gone, or slow to answer: its share counts at the next poll
             busy, self._cpu[cid] = cpu_cores_busy(self._cpu.get(cid), stats)
