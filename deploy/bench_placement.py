@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,18 +128,7 @@ class SyntheticNode:
 
     def snapshot_from_labels(self) -> NodeSnapshot:
         """As the watcher does it: the reservations read back from the containers' labels."""
-        return NodeSnapshot(
-            name=self.name,
-            reachable=True,
-            cpus=self.cpus,
-            memory=self.memory,
-            sessions=sessions_from_containers(self.containers),
-            images=self.images,
-            labels=self.labels,
-            gpus=self.gpus,
-            load=self.load,
-            memory_used=self.memory_used,
-        )
+        return replace(self.snapshot(), sessions=sessions_from_containers(self.containers))
 
 
 def _container(user: str, reservation: Reservation) -> dict[str, Any]:

@@ -27,7 +27,7 @@ shared, and a shared GPU is never given exclusively.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .catalogue import Needs
@@ -129,23 +129,7 @@ class NodeSnapshot:
 
     def with_sessions(self, extra: Mapping[str, Reservation]) -> NodeSnapshot:
         """This snapshot with more sessions (reservations of spawns in flight)."""
-        return NodeSnapshot(
-            name=self.name,
-            reachable=self.reachable,
-            cpus=self.cpus,
-            memory=self.memory,
-            sessions={**self.sessions, **extra},
-            images=self.images,
-            error=self.error,
-            labels=self.labels,
-            gpus=self.gpus,
-            draining=self.draining,
-            load=self.load,
-            memory_used=self.memory_used,
-            gpu_busy=self.gpu_busy,
-            gpu_memory_free=self.gpu_memory_free,
-            environment_images=self.environment_images,
-        )
+        return replace(self, sessions={**self.sessions, **extra})
 
 
 @dataclass(frozen=True)
