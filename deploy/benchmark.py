@@ -6,6 +6,9 @@ Run it with ``deploy/benchmark`` (which prepares the machine first). Its section
 
 - ``sessions``: spawn to ready, desktop pixels and idle memory, one hub after the other on
   the host engine; plus the image sizes (about 5 minutes).
+- ``environments``: every environment image on the host engine: its size and what it adds
+  to base, spawn to ready and time to the first desktop pixels through one deskhub hub
+  (``deploy/bench_environments.py``; about a minute per environment and run).
 - ``placement``: the time of one placement decision over 10, 100 and 1,000 nodes, and of
   building the node snapshots (``deploy/bench_placement.py``; pure CPU, about 15 s).
 - ``concurrent``: 30 spawns at once on deskhub over three real engines, then on stock
@@ -37,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
 
-from deploy import bench_placement  # noqa: E402
+from deploy import bench_environments, bench_placement  # noqa: E402
 from deskhub.hub_config.hub import network_gateway  # noqa: E402
 from deskhub.hub_config.site import load_site  # noqa: E402
 from deskhub.spawner.catalogue import Catalogue  # noqa: E402
@@ -49,12 +52,12 @@ DEFAULT_DESKTOP = Catalogue.from_site(DEFAULTS["environments"]).default
 assert DEFAULT_DESKTOP is not None
 START_TIMEOUT = DEFAULTS["sessions"]["start_timeout"]
 
-SECTIONS = ("sessions", "placement", "concurrent")
+SECTIONS = ("sessions", "environments", "placement", "concurrent")
 TITLE = "# deskhub benchmarks"
 INTRO = (
     "Written by `deploy/benchmark`; each section says when and on what machine it was "
-    "measured. `deploy/benchmark --only SECTION` reruns one section (`sessions`, `placement`, "
-    "`concurrent`) and keeps the others."
+    "measured. `deploy/benchmark --only SECTION` reruns one section (`sessions`, "
+    "`environments`, `placement`, `concurrent`) and keeps the others."
 )
 
 STOCK_CONFIG = """
@@ -134,13 +137,12 @@ def spawn_times(hub: Hub, user: str, runs: int) -> list[float]:
     return times
 
 
-def desktop_pixels_and_memory(hub: Hub, user: str, browser: Any, idle: float) -> dict[str, float]:
-    """Spawn, open the desktop in Chromium, time to pixels; then idle memory."""
+def open_desktop(hub: Hub, user: str, browser: Any, idle: float) -> tuple[float, float]:
+    """On a running server: seconds until Chromium shows the drawn desktop, then the
+    session's memory (MiB) after ``idle`` seconds with the desktop open."""
     from tests.browser.test_desktop_in_browser import wait_for_desktop
 
-    hub.ensure_user(user)
     token = hub.api("POST", f"/users/{user}/tokens", json={"expires_in": 3600}).json()["token"]
-    hub.spawn_ready(user)
     # the user's own token as a header (JupyterHub 6 refuses tokens in URLs), on the page
     # and on noVNC's websocket alike
     context = browser.new_context(
@@ -157,6 +159,16 @@ def desktop_pixels_and_memory(hub: Hub, user: str, browser: Any, idle: float) ->
         memory = container_memory(hub.container(user))
     finally:
         context.close()
+    return pixels, memory
+
+
+def desktop_pixels_and_memory(hub: Hub, user: str, browser: Any, idle: float) -> dict[str, float]:
+    """Spawn, open the desktop in Chromium, time to pixels; then idle memory."""
+    hub.ensure_user(user)
+    hub.spawn_ready(user)
+    try:
+        pixels, memory = open_desktop(hub, user, browser, idle)
+    finally:
         hub.stop_server(user)
     return {"pixels": pixels, "memory": memory}
 
@@ -167,22 +179,6 @@ def container_memory(container: Any) -> float:
     inner = stats.get("stats", {})
     cache = inner.get("total_inactive_file", inner.get("inactive_file", inner.get("cache", 0)))
     return (stats["usage"] - cache) / 1024**2
-
-
-def image_sizes(client: docker.DockerClient) -> list[tuple[str, float, float]]:
-    """(image, size MB, MB of layers not shared with deskhub/base)."""
-
-    def steps(name: str) -> list[tuple[str, str, int]]:
-        return [(h["Created"], h["CreatedBy"], h["Size"]) for h in client.api.history(name)]
-
-    base = set(steps("deskhub/base:latest"))
-    rows = []
-    for name in ("deskhub/base:latest", "deskhub/xfm:latest"):
-        size = client.images.get(name).attrs["Size"]
-        own = [step for step in steps(name) if step not in base]
-        unique = sum(step[2] for step in own) if own else size
-        rows.append((name, size / 1e6, unique / 1e6))
-    return rows
 
 
 def describe_machine(client: docker.DockerClient) -> str:
@@ -271,9 +267,32 @@ def run_sessions(args: argparse.Namespace, client: docker.DockerClient) -> str:
         "| image | size | unique to the image |",
         "| --- | --- | --- |",
     ]
-    for name, size, unique in image_sizes(client):
-        lines.append(f"| `{name}` | {size:.0f} MB | {unique:.0f} MB |")
+    for env in bench_environments.environment_images(client):
+        lines.append(f"| `{env.image}` | {env.size_mb:.0f} MB | {env.unique_mb:.0f} MB |")
     return "\n".join(lines)
+
+
+def run_environments(args: argparse.Namespace, client: docker.DockerClient, machine: str) -> str:
+    """Sizes, spawn and time to desktop of every environment image on the engine."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser.conftest import CHROMIUM_FLAGS
+
+    images = bench_environments.environment_images(client)
+    with tempfile.TemporaryDirectory(prefix="deskhub-bench-") as tmp, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+        try:
+            timings = bench_environments.measure(
+                Path(tmp),
+                f"deskhub-bench-{secrets.token_hex(3)}",
+                browser,
+                images,
+                args.env_runs,
+                lambda hub, user, b: open_desktop(hub, user, b, args.env_idle),
+            )
+        finally:
+            browser.close()
+    return bench_environments.markdown(images, timings, now(), machine)
 
 
 def now() -> str:
@@ -330,6 +349,15 @@ def main() -> None:
         "--idle", type=float, default=60, help="seconds idle before memory (sessions)"
     )
     parser.add_argument(
+        "--env-runs", type=int, default=2, help="spawns per environment (environments)"
+    )
+    parser.add_argument(
+        "--env-idle",
+        type=float,
+        default=20,
+        help="seconds idle before memory (environments)",
+    )
+    parser.add_argument(
         "--decisions", type=int, default=300, help="timed decisions per row (placement)"
     )
     parser.add_argument(
@@ -348,6 +376,8 @@ def main() -> None:
         print(f"[bench] section {name}", flush=True)
         if name == "sessions":
             new[name] = run_sessions(args, client)
+        elif name == "environments":
+            new[name] = run_environments(args, client, machine)
         elif name == "placement":
             result = bench_placement.run_placement(decisions=args.decisions)
             new[name] = bench_placement.placement_markdown(result, now(), machine)
