@@ -8,11 +8,12 @@ the whole spec is tested against literal dicts.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .catalogue import Environment
+from .catalogue import App, Environment
 
 LABEL_PREFIX = "deskhub."
 HOME_MOUNT = "/home/deskhub"
@@ -58,6 +59,15 @@ def gpu_environment(mode: str, gpus: Sequence[str]) -> dict[str, str]:
     if mode == "none" or not gpus:
         return {}
     return {"DESKHUB_GPU": mode, "DESKHUB_GPUS": ",".join(gpus), "VGL_DISPLAY": "egl"}
+
+
+def apps_environment(apps: Sequence[App]) -> dict[str, str]:
+    """``DESKHUB_APPS``: the environment's applications as a JSON list of
+    ``{"name", "exec", "gpu"}``, from which the desktop writes its launchers at every start
+    (``deskhub-desktop-setup`` in images/base). Set even when empty, so that a home used by
+    another environment before loses that one's launchers."""
+    value = [{"name": a.name, "exec": a.exec, "gpu": a.gpu} for a in apps]
+    return {"DESKHUB_APPS": json.dumps(value, ensure_ascii=False, separators=(",", ":"))}
 
 
 def session_labels(

@@ -31,6 +31,7 @@ from .image_labels import environment_image_entries, environments_from_images
 from .inventory import NodeConfig, node_from_spec
 from .metrics import MetricsUnavailable, NodeMetrics, PrometheusSource
 from .placement import SPREAD, NodeSnapshot, Placement, Policy, Reservation, place
+from .pulling import PullProgress, pull
 
 # a child of JupyterHub's own logger: same handler, format and level as the hub's lines
 log = logging.getLogger("JupyterHub.deskhub.nodes")
@@ -120,6 +121,21 @@ def tls_config(node: NodeConfig) -> docker.tls.TLSConfig | None:
     )
 
 
+def engine_client(config: NodeConfig, timeout: float) -> EngineClient:
+    """A client of the node's engine (mutual TLS when configured). It asks the engine for
+    its API version at once: call it in a thread, never on the event loop."""
+    return EngineClient(
+        base_url=config.endpoint,
+        version="auto",
+        timeout=timeout,
+        tls=tls_config(config) or False,
+    )
+
+
+# seconds a pull's stream may stay silent (the engine sends an event per layer step)
+PULL_TIMEOUT = 300.0
+
+
 class Node:
     """One Docker engine that runs sessions."""
 
@@ -134,6 +150,9 @@ class Node:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"docker-{self.name}")
         self._stats_client: EngineClient | None = None
         self._stats_executor = ThreadPoolExecutor(1, thread_name_prefix=f"stats-{self.name}")
+        # pulls take minutes: they get threads of their own, so the node's calls (the
+        # watcher's polls, other spawns) never wait behind one
+        self._pull_executor = ThreadPoolExecutor(2, thread_name_prefix=f"pull-{self.name}")
         self.snapshot = NodeSnapshot(
             name=self.name,
             reachable=False,
@@ -160,12 +179,7 @@ class Node:
     # -- Docker calls, always in this node's threads ------------------------------------
     def _new_client(self) -> EngineClient:
         # version negotiation talks to the engine: never on the event loop
-        return EngineClient(
-            base_url=self.endpoint,
-            version="auto",
-            timeout=self.timeout,
-            tls=tls_config(self.config) or False,
-        )
+        return engine_client(self.config, self.timeout)
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if self._client is None:
@@ -186,6 +200,19 @@ class Node:
         """One container's ``docker stats``, in the node's second thread (the watcher's
         measuring, one call per running container, never delays a spawn's calls)."""
         future = self._stats_executor.submit(self._stats, container_id)
+        return await asyncio.wrap_future(future)
+
+    def _pull(self, ref: str, progress: PullProgress) -> PullProgress:
+        client = engine_client(self.config, max(self.timeout, PULL_TIMEOUT))
+        try:
+            return pull(client, ref, progress)
+        finally:
+            client.close()
+
+    async def pull(self, ref: str, progress: PullProgress) -> PullProgress:
+        """Pull ``ref`` onto this node in a pull thread, streaming into ``progress``
+        (read it while this runs). Raises what :func:`pulling.pull` raises."""
+        future = self._pull_executor.submit(self._pull, ref, progress)
         return await asyncio.wrap_future(future)
 
     @property

@@ -17,12 +17,18 @@ from traitlets import Any as AnyTrait
 from traitlets import Callable, Dict, Float, Int, List, Tuple, Unicode, Union, default
 
 from .catalogue import Catalogue, Environment, MergedEnvironments, merge_environments
-from .containerspec import SessionIdentity, build_container_spec, home_volume_labels
+from .containerspec import (
+    SessionIdentity,
+    apps_environment,
+    build_container_spec,
+    home_volume_labels,
+)
 from .data import data_mounts_for
 from .form import render_options_form
 from .nodes import Node, NodePool
 from .options import OptionsError, choose_environment, options_from_form
 from .placement import POLICIES, NoPlacement, Policy
+from .pulling import PullProgress
 
 
 class DeskhubSpawner(DockerSpawner):
@@ -121,6 +127,15 @@ class DeskhubSpawner(DockerSpawner):
         help="""
         File where drained nodes are remembered across hub restarts, e.g.
         ``/var/lib/deskhub/nodes.json``; "" keeps drains in memory only.
+        """,
+    )
+    pull_progress_interval = Float(
+        1.0,
+        config=True,
+        help="""
+        Seconds between two progress messages of an image pull on the spawn page
+        ("Pulling deskhub/mx:latest onto node-a: 412 of 1,830 MB (7 of 23 layers)").
+        Example: ``c.DeskhubSpawner.pull_progress_interval = 2``.
         """,
     )
     experiments = Union(
@@ -231,6 +246,14 @@ class DeskhubSpawner(DockerSpawner):
         return asyncio.ensure_future(self.node.call(method, *args, **kwargs))
 
     # -- state survives hub restarts ------------------------------------------------------
+    def get_env(self) -> dict[str, str]:
+        """JupyterHub's environment for the session, plus ``DESKHUB_APPS``: the chosen
+        environment's applications, which the desktop turns into its launchers."""
+        env: dict[str, str] = super().get_env()
+        if isinstance(self.chosen_environment, Environment):
+            env.update(apps_environment(self.chosen_environment.apps))
+        return env
+
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
         if self.node_name:
@@ -318,7 +341,7 @@ class DeskhubSpawner(DockerSpawner):
             tried.add(node.name)
             node.refresh_soon()
             self._say(20, f"Could not start on {node.name} ({why}); trying another node")
-        raise web.HTTPError(503, failure)
+        raise SpawnRefused(503, failure)
 
     async def _place(self, env: Environment, tried: frozenset[str], failure: str) -> None:
         """Choose the node (and GPUs) and reserve them; 503 with one sentence if none fits."""
@@ -332,7 +355,7 @@ class DeskhubSpawner(DockerSpawner):
                 [(s.name, s.error or "up") for s in self.pool.snapshots()],
             )
             # after failed attempts, the user hears what failed rather than "no node"
-            raise web.HTTPError(503, failure or str(err)) from err
+            raise SpawnRefused(503, failure or str(err)) from err
         self.node_name, self.gpus = placement.node, placement.gpus
         down = [s.name for s in self.pool.snapshots() if not s.reachable and s.name not in tried]
         note = f" ({', '.join(down)} not answering)" if down else ""
@@ -429,22 +452,38 @@ class DeskhubSpawner(DockerSpawner):
             return
         except docker.errors.NotFound:
             pass
-        self._say(30, f"Pulling image {env.image} onto {self.node_name} (first use there)")
-        repo, _, tag = (
-            env.image.rpartition(":")
-            if ":" in env.image.split("/")[-1]
-            else (env.image, "", "latest")
-        )
+        node = self.node
+        self._say(30, f"Pulling {env.image} onto {node.name} (first use there)")
+        progress = PullProgress(env.image)
+        # the pull runs in a thread of the node's; its progress is read here, once a second
+        pulling = asyncio.ensure_future(node.pull(env.image, progress))
+        said = ""
         try:
-            await self.docker("pull", repo, tag)
+            while True:
+                done, _ = await asyncio.wait({pulling}, timeout=self.pull_progress_interval)
+                if done:
+                    break
+                text = progress.describe()
+                if text and text != said:
+                    said = text
+                    self._say(
+                        30 + int(25 * progress.fraction()),
+                        f"Pulling {env.image} onto {node.name}: {text}",
+                    )
+            pulling.result()
             await self.docker("inspect_image", env.image)
         except docker.errors.DockerException as err:
-            self.log.error("image %s unavailable on %s: %s", env.image, self.node_name, err)
+            self.log.error("image %s unavailable on %s: %s", env.image, node.name, err)
             raise StartFailed(
                 f"The environment '{env.title}' is not available right now (its image is"
                 " missing); please tell your administrator.",
                 short="its image is missing there",
             ) from err
+        self._say(
+            55,
+            f"Pulled {env.image} onto {node.name} in {progress.seconds():.0f} s: "
+            f"{progress.describe() or 'nothing to download'}",
+        )
 
     def _home_volume(self) -> str:
         return self.home_volume_template.format(username=self.escaped_name)
@@ -503,7 +542,16 @@ class DeskhubSpawner(DockerSpawner):
             ) from err
 
 
-class StartFailed(web.HTTPError):
+class SpawnRefused(web.HTTPError):
+    """An HTTP error whose one sentence is also what the spawn page's progress shows
+    ("Spawn failed: SENTENCE", not "HTTP 503: ... (SENTENCE)")."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, message)
+        self.jupyterhub_message = message
+
+
+class StartFailed(SpawnRefused):
     """A start that failed on one node and may succeed on another (HTTP 503 if none)."""
 
     def __init__(self, message: str, short: str) -> None:

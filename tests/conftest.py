@@ -72,7 +72,7 @@ def load_everywhere(cluster: EngineCluster, image: str) -> float:
     with tempfile.TemporaryDirectory(prefix="deskhub-image-") as tmp:
         archive = Path(tmp) / "image.tar"
         with archive.open("wb") as out:
-            for chunk in host_image.save(named=True):
+            for chunk in host_image.save(named=image):  # this tag, not the first one
                 out.write(chunk)
 
         def load(node) -> None:

@@ -402,6 +402,9 @@ class EngineCluster:
     image: str = NODE_IMAGE
     base: str = DEFAULT_BASE
     start_timeout: float = 60.0
+    # the engines pull over plain HTTP from registries on the nodes' network (one the
+    # test starts at the gateway's address, say)
+    insecure_registry_subnet: bool = False
     nodes: dict[str, EngineNode] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -515,7 +518,7 @@ class EngineCluster:
                     skipped.append(name)
                     continue
                 one = time.monotonic()
-                client.images.load(image.save(named=True))
+                client.images.load(image.save(named=name))  # this tag, not tags[0]
                 if client.images.get(name).id != image.id:
                     raise NodeError(f"{name} loaded into {node.name} under another id")
                 loaded.append(name)
@@ -622,6 +625,8 @@ class EngineCluster:
             "--host=unix:///var/run/docker.sock",
             f"--cgroup-parent=/{self.container_name(spec.name)}",
         ]
+        if self.insecure_registry_subnet:
+            command.append(f"--insecure-registry={self.subnet}")
         if spec.tls:
             command += [
                 f"--host=tcp://0.0.0.0:{TLS_PORT}",

@@ -1,6 +1,14 @@
-from deskhub.spawner.catalogue import Environment, Needs
-from deskhub.spawner.containerspec import DataMount, SessionIdentity, build_container_spec
+import json
+
+from deskhub.spawner.catalogue import App, Catalogue, Environment, Needs
+from deskhub.spawner.containerspec import (
+    DataMount,
+    SessionIdentity,
+    apps_environment,
+    build_container_spec,
+)
 from deskhub.spawner.data import data_mounts_for
+from deskhub.spawner.image_labels import spec_from_labels
 
 XFM = Environment("xfm", "XFM", "PyMca", "deskhub/xfm:latest", Needs(cpu=2, memory=4 * 1024**3))
 
@@ -155,3 +163,39 @@ def test_a_user_gets_their_experiments_only():
         DataMount("xfm-7", "/srv/xfm-7"),
     ]
     assert data_mounts_for("mallory", ["others"], EXPERIMENTS) == []
+
+
+def test_apps_environment_is_the_catalogues_apps_as_json():
+    apps = (
+        App("PyMOL", "pymol", gpu=True),
+        App('Odd "name" $(x)', "sh -c 'echo 100%'"),
+    )
+    env = apps_environment(apps)
+    assert env == {
+        "DESKHUB_APPS": '[{"name":"PyMOL","exec":"pymol","gpu":true},'
+        '{"name":"Odd \\"name\\" $(x)","exec":"sh -c \'echo 100%\'","gpu":false}]'
+    }
+    assert json.loads(env["DESKHUB_APPS"])[1] == {
+        "name": 'Odd "name" $(x)',
+        "exec": "sh -c 'echo 100%'",
+        "gpu": False,
+    }
+    # no apps: the value says so, and the desktop removes launchers of another environment
+    assert apps_environment(()) == {"DESKHUB_APPS": "[]"}
+
+
+def test_apps_from_image_labels_reach_the_environment_variable():
+    spec = spec_from_labels(
+        {
+            "deskhub.environment.name": "mx",
+            "deskhub.apps": '[{"name": "DIALS", "exec": "dials-terminal"},'
+            ' {"name": "PyMOL", "exec": "pymol", "gpu": true}]',
+        },
+        "deskhub/mx:latest",
+    )
+    env = Catalogue.from_site({"mx": spec}).get("mx")
+    assert env is not None
+    assert json.loads(apps_environment(env.apps)["DESKHUB_APPS"]) == [
+        {"name": "DIALS", "exec": "dials-terminal", "gpu": False},
+        {"name": "PyMOL", "exec": "pymol", "gpu": True},
+    ]
