@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,28 @@ c.DeskhubSpawner.home_volume_template = {prefix!r} + "-home-{{username}}"
 c.JupyterHub.log_level = "DEBUG"
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
 """
+
+
+def wait_until_serving(
+    proc: subprocess.Popen[bytes],
+    probe: Callable[[], bool],
+    timeout: float,
+    what: str,
+    log_tail: Callable[[], str],
+) -> None:
+    """Poll ``probe`` (a request to the process's server) until it says yes; raise
+    ``RuntimeError`` with the log's tail if the process exits or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited during start:\n{log_tail()}")
+        try:
+            if probe():
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not answer in {timeout:.0f} s:\n{log_tail()}")
 
 
 class Hub:
@@ -118,17 +141,13 @@ class Hub:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"hub exited during start:\n{self.log_tail()}")
-            try:
-                if requests.get(f"{self.url}/hub/api/", timeout=2).ok:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"hub did not answer in {timeout}s:\n{self.log_tail()}")
+        wait_until_serving(
+            self.proc,
+            lambda: requests.get(f"{self.url}/hub/api/", timeout=2).ok,
+            timeout,
+            "the hub",
+            self.log_tail,
+        )
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -246,8 +265,42 @@ class Hub:
         for volume in self.docker.volumes.list(filters={"label": "deskhub.managed=true"}):
             if volume.name.startswith(f"{self.prefix}-home-"):
                 volume.remove(force=True)
+        # Docker's name filter matches prefixes too ("deskhub-test" finds "deskhub-test-nodes")
         for network in self.docker.networks.list(names=[self.network]):
-            network.remove()
+            if network.name == self.network:
+                network.remove()
+
+
+# deploy/test builds mx and imaging in the background while the first tests run (see
+# start_background_images in deploy/lib/prepare.sh); LOG.status holds the build's status.
+BACKGROUND_BUILD_LOG = "DESKHUB_BACKGROUND_BUILD_LOG"
+BACKGROUND_BUILD_TIMEOUT = 40 * 60.0
+
+
+def wait_for_background_images(timeout: float = BACKGROUND_BUILD_TIMEOUT) -> None:
+    """Return once the background image build (if deploy/test started one) has succeeded.
+
+    Raises ``RuntimeError`` with the build log's tail when it failed, ``TimeoutError`` when
+    it has not finished within ``timeout``. Without a background build (tests run directly
+    after ``images/build``) it returns at once.
+    """
+    log = os.environ.get(BACKGROUND_BUILD_LOG)
+    if not log:
+        return
+    status_file = Path(f"{log}.status")
+    deadline = time.monotonic() + timeout
+    announced = False
+    while not status_file.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the background image build ({log}) did not end in time")
+        if not announced:
+            print(f"waiting for the background image build ({log})", file=sys.stderr)
+            announced = True
+        time.sleep(2)
+    status = status_file.read_text().strip()
+    if status != "0":
+        tail = "".join(Path(log).read_text(errors="replace").splitlines(True)[-40:])
+        raise RuntimeError(f"the background image build failed (status {status}):\n{tail}")
 
 
 def example_site(data_root: Path) -> dict[str, Any]:
@@ -266,6 +319,15 @@ def example_site(data_root: Path) -> dict[str, Any]:
                 "description": "PyMca and silx",
                 "image": "deskhub/xfm:latest",
                 "needs": {"cpu": 0.25, "memory": "1G"},
+            },
+            # mx and imaging: the images' own titles, apps and labels, with small needs
+            "mx": {
+                "image": "deskhub/mx:latest",
+                "needs": {"cpu": 0.25, "memory": "1G"},
+            },
+            "imaging": {
+                "image": "deskhub/imaging:latest",
+                "needs": {"cpu": 0.25, "memory": "1.5G"},
             },
             "ghost": {
                 "title": "Ghost",

@@ -69,8 +69,64 @@ ensure_test_prometheus() {
   fi
 }
 
+ensure_test_registry() {
+  local fresh=0
+  dpkg -s docker-registry >/dev/null 2>&1 || fresh=1
+  apt_install docker-registry
+  # on a systemd host the package starts a registry on :5000: the tests start their own
+  if [ "$fresh" = 1 ] && [ -d /run/systemd/system ]; then
+    systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+  fi
+}
+
+# Every image is built each time: an unchanged one comes from the layer cache in seconds,
+# a changed Dockerfile or file is rebuilt (with the images FROM it). The images the
+# embedded defaults name (FIRST_IMAGES) are built before anything starts; the other
+# environment images (mx, imaging: several minutes each on a fresh machine) are built in
+# the background by start_background_images, and the hub offers each one as its build
+# lands (the catalogue comes from the images' labels).
+FIRST_IMAGES=(base xfm)
+
 ensure_images() {
-  DESKHUB_PYTHON="$VENV/bin/python" "$DESKHUB_ROOT/images/build" --if-missing
+  DESKHUB_PYTHON="$VENV/bin/python" "$DESKHUB_ROOT/images/build" "${FIRST_IMAGES[@]}"
+}
+
+ensure_all_images() {
+  DESKHUB_PYTHON="$VENV/bin/python" "$DESKHUB_ROOT/images/build"
+}
+
+# The environment images not in FIRST_IMAGES, in build order.
+other_images() {
+  "$DESKHUB_ROOT/images/build" --list | awk '{print $2}' | while read -r name; do
+    [[ " ${FIRST_IMAGES[*]} " == *" $name "* ]] || echo "$name"
+  done
+}
+
+# Build the other images in the background. Their output goes to LOG; when the build
+# ends, LOG.status holds its exit status (what tests that need those images wait for);
+# LOG.pid names it while it runs (a second call meanwhile starts no second build).
+start_background_images() {
+  local log=$1
+  local -a names
+  if [ -f "$log.pid" ] && kill -0 "$(cat "$log.pid")" 2>/dev/null; then
+    say "the background build of the other images is still running (log: $log)"
+    return 0
+  fi
+  mapfile -t names < <(other_images)
+  rm -f "$log" "$log.status" "$log.pid"
+  if [ ${#names[@]} -eq 0 ]; then
+    echo 0 >"$log.status"
+    return 0
+  fi
+  say "building ${names[*]} in the background (log: $log)"
+  (
+    status=0
+    DESKHUB_PYTHON="$VENV/bin/python" "$DESKHUB_ROOT/images/build" "${names[@]}" \
+      >"$log" 2>&1 </dev/null || status=$?
+    echo "$status" >"$log.status"
+  ) >/dev/null 2>&1 </dev/null &
+  echo $! >"$log.pid"
+  disown
 }
 
 prepare() {

@@ -21,7 +21,7 @@ def log_in(page: Page, hub) -> None:
 def test_login_spawn_notebook_and_desktop(page: Page, hub):
     log_in(page, hub)
     # the spawn page lists the environments with what they need
-    expect(page.locator("label.deskhub-env")).to_have_count(3)
+    expect(page.locator("label.deskhub-env")).to_have_count(5)
     expect(page.locator("label[for=env-xfm]")).to_contain_text("Needs 0.25 CPUs, 1 GiB memory")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "spawn-page.png"))

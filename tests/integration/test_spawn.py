@@ -129,7 +129,10 @@ def test_hub_restart_keeps_sessions_and_homes(hub):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"environment": "nope"}, "Unknown environment 'nope'; pick one of: desktop, xfm, ghost."),
+        (
+            {"environment": "nope"},
+            "Unknown environment 'nope'; pick one of: desktop, xfm, ghost, imaging, mx.",
+        ),
         ({"environment": 42}, "The environment must be given by its name"),
         ({"environment": "xfm", "image": "evil:latest"}, "Unknown option 'image'"),
     ],
