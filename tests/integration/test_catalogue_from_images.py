@@ -120,6 +120,9 @@ def test_a_labelled_image_is_offered_and_spawns_without_a_restart(hub, build_ima
         assert container.labels["deskhub.environment"] == GOOD_NAME
         assert container.labels["deskhub.reserved.cpu"] == "0.25"
         assert container.attrs["HostConfig"]["Memory"] == 1024**3
+        # the desktop's launchers come from the catalogue's apps
+        apps = 'DESKHUB_APPS=[{"name":"Terminal","exec":"mate-terminal","gpu":false}]'
+        assert apps in container.attrs["Config"]["Env"]
     finally:
         hub.stop_server("lena")
     assert hub.proc.pid == pid and hub.proc.poll() is None  # never restarted

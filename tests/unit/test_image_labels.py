@@ -3,6 +3,7 @@ and the schema check, against literal ``APIClient.images()`` entries."""
 
 import base64
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -343,14 +344,18 @@ def test_labels_never_collide_with_the_spawners_container_labels():
 
 # -- the images this repository builds describe the default environments ---------------------
 def dockerfile_labels(name: str) -> dict[str, str]:
-    """The LABELs of images/NAME/Dockerfile (continuation lines joined, shell-quoted)."""
+    """The LABELs of images/NAME/Dockerfile (continuation lines joined, shell-quoted), with
+    ``${ARG}`` replaced by the ARG's default."""
     lines = (ROOT / "images" / name / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
-    labels = {}
+    labels, args = {}, {}
     for line in lines:
+        if line.startswith("ARG ") and "=" in line:
+            key, _, value = line[len("ARG ") :].strip().partition("=")
+            args[key] = value
         if line.startswith("LABEL "):
             for word in shlex.split(line[len("LABEL ") :]):
                 key, _, value = word.partition("=")
-                labels[key] = value
+                labels[key] = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], value)
     return labels
 
 
@@ -365,3 +370,24 @@ def test_the_images_labels_match_the_default_environments(name, parent):
     }
     assert spec["virtualgl"] is False and spec["icon"].startswith("data:image/svg+xml;base64,")
     assert spec["apps"]
+
+
+@pytest.mark.parametrize(
+    ("name", "gpu_apps"), [("base", []), ("xfm", []), ("mx", ["PyMOL"]), ("imaging", ["ParaView"])]
+)
+def test_every_image_describes_its_environment(name, gpu_apps):
+    """Each image built FROM base sets its own name, title, icon and apps; GL applications
+    are marked for VirtualGL; without VirtualGL (the default build) none asks for a GPU."""
+    own = dockerfile_labels(name)
+    labels = {**(dockerfile_labels("base") if name != "base" else {}), **own}
+    spec = spec_from_labels(labels, f"deskhub/{name}:latest")
+    assert labels["deskhub.image"] == name
+    if name != "base":
+        assert {"deskhub.environment.name", "deskhub.title", "deskhub.icon", "deskhub.apps"} <= set(
+            own
+        )
+    assert spec["icon"].startswith("data:image/svg+xml;base64,")
+    assert [app["name"] for app in spec["apps"] if app["gpu"]] == gpu_apps
+    assert (
+        labels["deskhub.virtualgl"] == "no" and spec.get("needs", {}).get("gpu", "none") == "none"
+    )
