@@ -381,6 +381,14 @@ class Node:
         if key in self._pending:
             self._pending[key] = (self._pending[key][0], time.monotonic())
 
+    def stopped(self, key: str) -> None:
+        """The session's container is stopped: what it reserved is free at once, not only
+        after the next poll (a user who stops one environment to start a bigger one)."""
+        self._pending.pop(key, None)
+        if key in self.snapshot.sessions:
+            sessions = {k: r for k, r in self.snapshot.sessions.items() if k != key}
+            self.snapshot = replace(self.snapshot, sessions=sessions)
+
     def planning_snapshot(self) -> NodeSnapshot:
         """The last snapshot with the reservations of spawns not yet visible in it."""
         snap = self.snapshot

@@ -444,6 +444,8 @@ class DeskhubSpawner(DockerSpawner):
             self.log.warning("could not stop %s on %s: %s", self._key, node.name, err)
             node.mark_unreachable(err)
             self.clear_state()
+        else:
+            node.stopped(self._key)
         node.refresh_soon()
 
     async def _ensure_image(self, env: Environment) -> None:

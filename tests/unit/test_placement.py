@@ -290,3 +290,17 @@ def test_measured_gpu_use_steers_desktops_to_the_quieter_gpu():
     # a GPU whose memory others' desktops hold is skipped for a session that needs memory
     full = node("g", gpus=gpus, gpu_memory_free={"GPU-0": 40 * GiB, "GPU-1": 2 * GiB})
     assert place(Needs(1, GiB, gpu="shared", gpu_memory=8 * GiB), [full]).gpus == ("GPU-0",)
+
+
+def test_a_stopped_session_frees_its_node_before_the_next_poll():
+    """Stop a 2-CPU session on a 2-CPU node, start another at once: it fits."""
+    pool = fake_pool(1)
+    only = pool.nodes["n0"]
+    only.snapshot = node("n0", cpus=2, memory=8 * GiB, sessions=[Reservation(2, GiB)])
+    only.reserve("b/", Reservation(1, GiB))  # a spawn in flight
+    with pytest.raises(NoPlacement):
+        pool.decide("c/", Needs(2, GiB), "")
+    only.stopped("u0/")
+    only.stopped("b/")
+    assert only.snapshot.sessions == {} and only.planning_snapshot().sessions == {}
+    assert pool.decide("c/", Needs(2, GiB), "").node == "n0"
