@@ -13,6 +13,7 @@ import docker.errors
 import requests.exceptions
 from dockerspawner import DockerSpawner
 from tornado import web
+from tornado.httpclient import AsyncHTTPClient
 from traitlets import Any as AnyTrait
 from traitlets import Callable, Dict, Float, Int, List, Tuple, Unicode, Union, default
 
@@ -368,9 +369,44 @@ class DeskhubSpawner(DockerSpawner):
         await node.ensure_network(self.network_name)
         self.hub_connect_url = node.config.hub_connect_url or None
         self._say(60, f"Starting the desktop container on {node.name}")
-        ip_port = await super().start()
+        ip, port = await super().start()
         self._say(80, f"Container started on {node.name}; waiting for JupyterLab and the desktop")
-        return ip_port
+        await self._wait_serving(ip, port)
+        return ip, port
+
+    async def _wait_serving(self, ip: str, port: int) -> None:
+        """Return once the server answers HTTP at ``ip:port``; raise :class:`StartFailed`
+        if its container stops first. JupyterHub's own wait never looks at the container:
+        one that dies just after starting would cost the user ``http_timeout`` seconds
+        instead of a retry on the next node. After ``http_timeout`` the hub's wait decides.
+        """
+        client = AsyncHTTPClient()
+        deadline = time.monotonic() + self.http_timeout
+        while time.monotonic() < deadline:
+            try:
+                # any HTTP answer, even 404, means the server is up
+                await client.fetch(
+                    f"http://{ip}:{port}/",
+                    connect_timeout=2,
+                    request_timeout=2,
+                    follow_redirects=False,
+                    raise_error=False,
+                )
+                return
+            except Exception:  # refused, reset (a published port's proxy), timed out
+                pass
+            info = await self.docker("inspect_container", self.container_id)
+            if not info["State"]["Running"]:
+                raise self._stopped_at_once()
+            await asyncio.sleep(0.5)
+
+    def _stopped_at_once(self) -> StartFailed:
+        self.log.error("%s on %s stopped while starting", self.container_name, self.node_name)
+        return StartFailed(
+            "Your session stopped as soon as it started; please try again, and tell your"
+            " administrator if it keeps failing.",
+            short="its container stopped at once",
+        )
 
     async def _remove_stale_elsewhere(self, node: Node) -> None:
         """A session left on another node (e.g. one that was down) is removed first."""
@@ -390,12 +426,7 @@ class DeskhubSpawner(DockerSpawner):
             return await super().get_ip_and_port()
         bindings = await self.docker("port", self.container_id, self.port)
         if not bindings:  # the container exited at once: it publishes nothing
-            self.log.error("%s on %s has no published port", self.container_name, self.node_name)
-            raise StartFailed(
-                "Your session stopped as soon as it started; please try again, and tell your"
-                " administrator if it keeps failing.",
-                short="its container stopped at once",
-            )
+            raise self._stopped_at_once()
         return address, int(bindings[0]["HostPort"])
 
     # -- a session never placed has no container to look at ---------------------------
