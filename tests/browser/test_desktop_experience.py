@@ -441,11 +441,19 @@ def test_application_is_drawn_in_the_browser(
         x, y = max(where.x, 0), max(where.y, 0)
         w, h = min(where.x + where.width, width) - x, min(where.y + where.height, height) - y
         assert w > 100 and h > 50, where  # ImageJ's main window is a 76 px toolbar
-        stats = poll(
-            f"{app.title} drawn on the canvas",
-            lambda: (s := page.evaluate(CHANGED_JS, [x, y, w, h])) and s["changed"] > 0.3 and s,
-        )
-        assert stats["colors"] > 3, stats
+        # A window is mapped before it is painted: Java fills ImageJ's window with one
+        # colour first. Wait for the painted window (changed and several colours); a
+        # window that never gets past its fill ends in the poll's timeout.
+        last: dict = {}
+
+        def painted() -> dict | None:
+            last.update(page.evaluate(CHANGED_JS, [x, y, w, h]) or {})
+            return dict(last) if last.get("changed", 0) > 0.3 and last["colors"] > 3 else None
+
+        try:
+            poll(f"{app.title} painted on the canvas", painted)
+        except AssertionError as error:
+            raise AssertionError(f"{app.title} not painted: last seen {last}") from error
         ARTIFACTS.mkdir(exist_ok=True)
         name = app.image.split("/")[-1].replace(":", "-")
         page.screenshot(path=str(ARTIFACTS / f"app-{name}.png"))
