@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import bcrypt
 from nativeauthenticator import NativeAuthenticator
@@ -100,3 +101,11 @@ class DeskhubNativeAuthenticator(NativeAuthenticator):
         self.db.commit()
         self.admin_users = set(self.admin_users) | {username}
         self.log.info("created the first admin account %r from %s", username, path)
+
+
+def configure(c: Any, site: dict[str, Any], state: Path) -> None:
+    """Accounts kept in the hub's database, with sign-up an admin approves."""
+    c.JupyterHub.authenticator_class = "deskhub.authenticators.native.DeskhubNativeAuthenticator"
+    c.DeskhubNativeAuthenticator.first_admin_file = str(state / "admin-credentials")
+    # NativeAuthenticator itself refuses accounts an admin has not approved
+    c.Authenticator.allow_all = True

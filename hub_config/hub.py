@@ -12,7 +12,9 @@ from typing import Any
 
 import docker
 
+from deskhub.authenticators.config import configure_auth
 from deskhub.spawner.admin import HANDLERS as NODE_HANDLERS
+from deskhub.workshops.config import configure_workshops
 
 from .site import SiteConfigError, load_site
 
@@ -81,11 +83,7 @@ def configure(c: Any) -> dict[str, Any]:
     # sessions outlive the hub: a hub restart finds them through their containers
     c.JupyterHub.cleanup_servers = False
 
-    c.JupyterHub.authenticator_class = "deskhub.authenticators.native.DeskhubNativeAuthenticator"
-    c.DeskhubNativeAuthenticator.first_admin_file = str(state / "admin-credentials")
-    c.Authenticator.admin_users = set(hub["admin_users"])
-    # NativeAuthenticator itself refuses accounts an admin has not approved
-    c.Authenticator.allow_all = True
+    configure_auth(c, site, state)
 
     c.JupyterHub.spawner_class = "deskhub.spawner.spawner.DeskhubSpawner"
     c.DeskhubSpawner.environments = site["environments"]
@@ -135,4 +133,6 @@ def configure(c: Any) -> dict[str, Any]:
     services, roles = idle_culler(sessions["idle_timeout"])
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles
+    # after the services and handlers above: workshops add their own
+    configure_workshops(c, site, state)
     return {**site, "hub": {**hub, "state_dir": str(state)}}

@@ -151,6 +151,21 @@ class DeskhubSpawner(DockerSpawner):
                              "users": ["alice"], "groups": ["mx-staff"]}}
         """,
     )
+    catalogue_filter = Callable(
+        None,
+        allow_none=True,
+        config=True,
+        help="""
+        A callable ``f(spawner, catalogue) -> Catalogue`` that narrows what this user may
+        start: the spawn form, the REST API's ``user_options`` and the start itself all see
+        its result. deskhub's workshops use it to offer a participant only the workshop's
+        environments, with their needs capped. Example::
+
+            def only_cpu(spawner, catalogue):
+                return Catalogue(e for e in catalogue if e.needs.gpu == "none")
+            c.DeskhubSpawner.catalogue_filter = only_cpu
+        """,
+    )
     session_uid = Int(1000, config=True, help="uid the session runs as (never 0). Example: 1000")
     session_gid = Int(1000, config=True, help="gid the session runs as. Example: 1000")
     pids_limit = Int(
@@ -216,7 +231,10 @@ class DeskhubSpawner(DockerSpawner):
         return replace(merged, warnings=image_warnings + merged.warnings)
 
     def catalogue(self) -> Catalogue:
-        return Catalogue.from_site(self.environment_specs().environments)
+        catalogue = Catalogue.from_site(self.environment_specs().environments)
+        if self.catalogue_filter is not None:
+            catalogue = self.catalogue_filter(self, catalogue)
+        return catalogue
 
     @property
     def pool(self) -> NodePool:

@@ -1,0 +1,1 @@
+"""Workshops: admin-created, code-joined, time-limited groups of participants."""
