@@ -137,3 +137,11 @@ prepare() {
   ensure_proxy
   ensure_images
 }
+
+ensure_test_ldap() {
+  : # filled in with issue 5's LDAP tests
+}
+
+ensure_test_oidc() {
+  : # filled in with issue 5's OpenID Connect tests
+}
