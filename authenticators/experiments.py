@@ -24,7 +24,7 @@ from typing import Any
 
 # an experiment id becomes a directory name: letters, digits, '.', '_', '-', never a
 # leading dot or dash, never '..', never '/', at most 64 characters
-EXPERIMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+EXPERIMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 EXPERIMENTS = "experiments"
 UID = "uid"
@@ -38,7 +38,7 @@ class InvalidExperiment(ValueError):
 
 def validate_experiment_id(value: Any) -> str:
     """``value`` if it is a safe experiment id; raises :class:`InvalidExperiment` if not."""
-    if not isinstance(value, str) or not EXPERIMENT_ID.match(value) or ".." in value:
+    if not isinstance(value, str) or not EXPERIMENT_ID.fullmatch(value) or ".." in value:
         raise InvalidExperiment(f"experiment id {value!r} is not allowed")
     return value
 

@@ -88,6 +88,8 @@ def configure(c: Any) -> dict[str, Any]:
     c.JupyterHub.spawner_class = "deskhub.spawner.spawner.DeskhubSpawner"
     c.DeskhubSpawner.environments = site["environments"]
     c.DeskhubSpawner.experiments = site["data"]["experiments"]
+    c.DeskhubSpawner.data_root = site["data"].get("root", "")
+    c.DeskhubSpawner.processed_root = site["data"].get("processed_root", "")
     c.DeskhubSpawner.nodes = site["nodes"]
     placement = site["placement"]
     c.DeskhubSpawner.placement_policy = placement["policy"]

@@ -18,14 +18,27 @@ from .catalogue import App, Environment
 LABEL_PREFIX = "deskhub."
 HOME_MOUNT = "/home/deskhub"
 DATA_ROOT = "/data"
+HOME_OWNER_LABEL = f"{LABEL_PREFIX}home-owner"
+# the uid:gid the images' own /home/deskhub belongs to (images/base/Dockerfile)
+IMAGE_HOME_OWNER = "1000:1000"
+
+
+PROCESSED_ROOT = "/processed"
 
 
 @dataclass(frozen=True)
 class DataMount:
-    """An experiment's host folder, mounted read-only at ``/data/<experiment>``."""
+    """An experiment's host folder: its data read-only at ``/data/<experiment>``, or its
+    shared ``processed`` area, writable by the experiment's members, at
+    ``/processed/<experiment>``."""
 
     experiment: str
     source: str
+    processed: bool = False
+
+    @property
+    def target(self) -> str:
+        return f"{PROCESSED_ROOT if self.processed else DATA_ROOT}/{self.experiment}"
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,8 @@ class SessionIdentity:
     node: str
     uid: int = 1000
     gid: int = 1000
+    # supplementary groups: the owners of the experiments' processed areas
+    groups: tuple[int, ...] = ()
 
 
 # what the engine's nvidia driver is asked for: a desktop renders through VirtualGL's EGL
@@ -70,6 +85,12 @@ def apps_environment(apps: Sequence[App]) -> dict[str, str]:
     return {"DESKHUB_APPS": json.dumps(value, ensure_ascii=False, separators=(",", ":"))}
 
 
+def identity_environment(identity: SessionIdentity) -> dict[str, str]:
+    """HOME and the user's name: a uid from the directory has no entry in the image's
+    /etc/passwd, so without them HOME would be ``/`` and nothing could save settings."""
+    return {"HOME": HOME_MOUNT, "USER": identity.username, "LOGNAME": identity.username}
+
+
 def session_labels(
     identity: SessionIdentity, env: Environment, gpus: Sequence[str] = ()
 ) -> dict[str, str]:
@@ -89,21 +110,48 @@ def session_labels(
     return labels
 
 
-def home_volume_labels(username: str) -> dict[str, str]:
-    return {f"{LABEL_PREFIX}managed": "true", f"{LABEL_PREFIX}home-of": username}
+def home_volume_labels(username: str, owner: str = IMAGE_HOME_OWNER) -> dict[str, str]:
+    """A home volume's labels; ``home-owner`` is the ``uid:gid`` it was given at creation."""
+    return {
+        f"{LABEL_PREFIX}managed": "true",
+        f"{LABEL_PREFIX}home-of": username,
+        HOME_OWNER_LABEL: owner,
+    }
+
+
+def home_owner_spec(image: str, home_volume: str, uid: int, gid: int) -> dict[str, dict[str, Any]]:
+    """A one-shot container that gives a home volume to ``uid:gid`` (as Kubernetes sites do
+    with an init container): the session itself never runs as root, so it cannot."""
+    create = {
+        "image": image,
+        "command": ["chown", "-R", f"{uid}:{gid}", HOME_MOUNT],
+        "user": "0:0",
+        "labels": {f"{LABEL_PREFIX}helper": "home-owner"},
+        "network_disabled": True,
+    }
+    host_config = {
+        "mounts": [{"Type": "volume", "Source": home_volume, "Target": HOME_MOUNT}],
+        "cap_drop": ["ALL"],
+        "cap_add": ["CHOWN", "DAC_READ_SEARCH", "FOWNER"],
+        "security_opt": ["no-new-privileges"],
+        "network_mode": "none",
+        "mem_limit": 256 * 1024**2,
+        "pids_limit": 64,
+    }
+    return {"create": create, "host_config": host_config}
 
 
 def build_mounts(home_volume: str, data: Sequence[DataMount]) -> list[dict[str, Any]]:
     mounts: list[dict[str, Any]] = [
         {"Type": "volume", "Source": home_volume, "Target": HOME_MOUNT, "ReadOnly": False}
     ]
-    for item in sorted(data, key=lambda d: d.experiment):
+    for item in sorted(data, key=lambda d: (d.processed, d.experiment)):
         mounts.append(
             {
                 "Type": "bind",
                 "Source": item.source,
-                "Target": f"{DATA_ROOT}/{item.experiment}",
-                "ReadOnly": True,
+                "Target": item.target,
+                "ReadOnly": not item.processed,
             }
         )
     return mounts
@@ -134,7 +182,11 @@ def build_container_spec(
         "name": container_name,
         "image": env.image,
         "command": list(command),
-        "environment": {**environment_vars, **gpu_environment(mode, gpus)},
+        "environment": {
+            **identity_environment(identity),
+            **environment_vars,
+            **gpu_environment(mode, gpus),
+        },
         "labels": session_labels(identity, env, gpus),
         "user": f"{identity.uid}:{identity.gid}",
         "ports": [port],
@@ -153,6 +205,8 @@ def build_container_spec(
     }
     if mode != "none":
         host_config["device_requests"] = device_requests(mode, gpus)
+    if identity.groups:
+        host_config["group_add"] = [str(gid) for gid in identity.groups]
     if publish_address:
         host_config["port_bindings"] = {port: (publish_address,)}
     return {"create": create, "host_config": host_config}

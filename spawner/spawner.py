@@ -4,6 +4,7 @@ on a node, builds its container from a pure spec, and tells the user what it is 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -19,12 +20,15 @@ from traitlets import Callable, Dict, Float, Int, List, Tuple, Unicode, Union, d
 
 from .catalogue import Catalogue, Environment, MergedEnvironments, merge_environments
 from .containerspec import (
+    HOME_OWNER_LABEL,
+    IMAGE_HOME_OWNER,
     SessionIdentity,
     apps_environment,
     build_container_spec,
+    home_owner_spec,
     home_volume_labels,
 )
-from .data import data_mounts_for
+from .data import Layout, data_mounts_for, experiments_of, login_mounts, merge_mounts, session_ids
 from .form import render_options_form
 from .nodes import Node, NodePool
 from .options import OptionsError, choose_environment, options_from_form
@@ -166,8 +170,39 @@ class DeskhubSpawner(DockerSpawner):
             c.DeskhubSpawner.catalogue_filter = only_cpu
         """,
     )
-    session_uid = Int(1000, config=True, help="uid the session runs as (never 0). Example: 1000")
-    session_gid = Int(1000, config=True, help="gid the session runs as. Example: 1000")
+    data_root = Unicode(
+        "",
+        config=True,
+        help="""
+        Folder holding one folder per experiment, the same path on every node (a shared
+        filesystem). Each experiment the user's login names (``auth_state["experiments"]``)
+        is mounted read-only from ``DATA_ROOT/EXPERIMENT`` at ``/data/EXPERIMENT``; one
+        without a folder there is left out and logged. "" mounts only the site's
+        ``experiments``. Example: ``c.DeskhubSpawner.data_root = "/srv/data"``.
+        """,
+    )
+    processed_root = Unicode(
+        "",
+        config=True,
+        help="""
+        Folder holding each experiment's shared, writable ``processed`` area, mounted at
+        ``/processed/EXPERIMENT`` for the experiment's members when
+        ``PROCESSED_ROOT/EXPERIMENT`` exists. The session also gets that folder's group as
+        a supplementary group, so a folder owned by the experiment's group with mode 2770
+        is writable by its members only. Example: ``"/srv/processed"``.
+        """,
+    )
+    session_uid = Int(
+        1000,
+        config=True,
+        help="""uid the session runs as (never 0) when the login gives none; a login from a
+        directory (LDAP ``uidNumber``, an OIDC claim) gives the user's own. Example: 1000""",
+    )
+    session_gid = Int(
+        1000,
+        config=True,
+        help="gid the session runs as when the login gives none. Example: 1000",
+    )
     pids_limit = Int(
         2048, config=True, help="Most processes one session may run (fork bombs stop here)."
     )
@@ -383,7 +418,7 @@ class DeskhubSpawner(DockerSpawner):
     async def _start_on(self, node: Node, env: Environment) -> tuple[str, int]:
         await self._remove_stale_elsewhere(node)
         await self._ensure_image(env)
-        await self._ensure_home_volume()
+        await self._ensure_home_volume(env)
         await node.ensure_network(self.network_name)
         self.hub_connect_url = node.config.hub_connect_url or None
         self._say(60, f"Starting the desktop container on {node.name}")
@@ -536,15 +571,63 @@ class DeskhubSpawner(DockerSpawner):
             f"{progress.describe() or 'nothing to download'}",
         )
 
+    async def delete_forever(self) -> None:
+        """The user is deleted (e.g. at a workshop's end): remove their home volume from
+        every node. A node that does not answer keeps it (logged); the volume is named
+        ``home_volume_template``, so an admin can remove it there by hand."""
+        name = self._home_volume()  # one per user: a second server finds it gone
+        for node in self.pool.nodes.values():
+            try:
+                await node.call("remove_volume", name, force=True)
+            except docker.errors.NotFound:
+                continue
+            except Exception as err:  # node down, or the volume still in use
+                self.log.warning("could not remove home %s on %s: %s", name, node.name, err)
+            else:
+                self.log.info("removed home %s of %s on %s", name, self.user.name, node.name)
+
     def _home_volume(self) -> str:
         return self.home_volume_template.format(username=self.escaped_name)
 
-    async def _ensure_home_volume(self) -> None:
+    async def _identity(self) -> tuple[int, int, list[Any]]:
+        """``(uid, gid, experiments)`` from the login's auth_state (refreshed before every
+        spawn), or the site's defaults."""
+        auth_state = await self.user.get_auth_state()
+        uid, gid = session_ids(auth_state, self.session_uid, self.session_gid)
+        return uid, gid, experiments_of(auth_state)
+
+    async def _ensure_home_volume(self, env: Environment) -> None:
+        """The user's home volume on this node, owned by the uid:gid the session runs as."""
         name = self._home_volume()
+        uid, gid, _ = await self._identity()
+        owner = f"{uid}:{gid}"
         try:
-            await self.docker("inspect_volume", name)
+            volume = await self.docker("inspect_volume", name)
+            was = (volume.get("Labels") or {}).get(HOME_OWNER_LABEL, IMAGE_HOME_OWNER)
         except docker.errors.NotFound:
-            await self.docker("create_volume", name, labels=home_volume_labels(self.user.name))
+            labels = home_volume_labels(self.user.name, owner)
+            await self.docker("create_volume", name, labels=labels)
+            was = IMAGE_HOME_OWNER  # a new volume gets the image's home, owned by 1000
+        if was != owner:
+            await self._give_home(env.image, name, uid, gid)
+
+    async def _give_home(self, image: str, volume: str, uid: int, gid: int) -> None:
+        self._say(58, f"Preparing your home folder on {self.node_name}")
+        spec = home_owner_spec(image, volume, uid, gid)
+        host_config = await self.docker("create_host_config", **spec["host_config"])
+        helper = await self.docker("create_container", host_config=host_config, **spec["create"])
+        try:
+            await self.docker("start", helper["Id"])
+            result = await self.docker("wait", helper["Id"], timeout=120)
+            if result.get("StatusCode") != 0:
+                logs = await self.docker("logs", helper["Id"])
+                self.log.error("giving %s to %s:%s failed: %s", volume, uid, gid, logs[-500:])
+                raise StartFailed(
+                    "Your home folder could not be prepared; tell your administrator.",
+                    short="the home folder could not be prepared",
+                )
+        finally:
+            await self.docker("remove_container", helper["Id"], force=True)
 
     async def _remove_failed_container(self) -> None:
         """Leave nothing half-created: a container that never became ready is removed."""
@@ -561,18 +644,30 @@ class DeskhubSpawner(DockerSpawner):
         assert isinstance(env, Environment)
         experiments = self._eval_if_callable(self.experiments)
         groups = [group.name for group in self.user.groups]
+        uid, gid, from_login = await self._identity()
+        local = self.node.config.is_local
+        # the hub sees a local node's folders; a remote node's shared filesystem is trusted
+        layout = Layout(self.data_root, self.processed_root)
+        data = merge_mounts(
+            data_mounts_for(self.user.name, groups, experiments),
+            login_mounts(from_login, layout, os.path.isdir if local else lambda _: True),
+        )
+        extra_groups = tuple(
+            sorted({os.stat(m.source).st_gid for m in data if m.processed and local} - {gid})
+        )
         spec = build_container_spec(
             container_name=self.container_name,
             identity=SessionIdentity(
                 username=self.user.name,
                 server_name=self.name,
                 node=self.node_name,
-                uid=self.session_uid,
-                gid=self.session_gid,
+                uid=uid,
+                gid=gid,
+                groups=extra_groups,
             ),
             env=env,
             home_volume=self._home_volume(),
-            data=data_mounts_for(self.user.name, groups, experiments),
+            data=data,
             environment_vars=self.get_env(),
             command=await self.get_command(),
             network=self.network_name,

@@ -31,7 +31,12 @@ def test_container_spec_is_exactly_what_docker_gets():
             "name": "deskhub-alice",
             "image": "deskhub/xfm:latest",
             "command": ["jupyterhub-singleuser"],
-            "environment": {"JUPYTERHUB_USER": "alice"},
+            "environment": {
+                "HOME": "/home/deskhub",
+                "USER": "alice",
+                "LOGNAME": "alice",
+                "JUPYTERHUB_USER": "alice",
+            },
             "labels": {
                 "deskhub.managed": "true",
                 "deskhub.user": "alice",
@@ -111,6 +116,9 @@ def gpu_spec(env, gpus, publish_address=""):
 def test_a_shared_gpu_desktop_on_a_remote_node_gets_its_gpu_and_a_published_port():
     spec = gpu_spec(VIZ, ("GPU-aaaa",), publish_address="10.0.0.5")
     assert spec["create"]["environment"] == {
+        "HOME": "/home/deskhub",
+        "USER": "bob",
+        "LOGNAME": "bob",
         "JUPYTERHUB_USER": "bob",
         "DESKHUB_GPU": "shared",
         "DESKHUB_GPUS": "GPU-aaaa",
@@ -146,7 +154,12 @@ def test_a_cpu_session_asks_for_no_device():
     spec = gpu_spec(XFM, ())
     assert "device_requests" not in spec["host_config"]
     assert "deskhub.gpus" not in spec["create"]["labels"]
-    assert spec["create"]["environment"] == {"JUPYTERHUB_USER": "bob"}
+    assert spec["create"]["environment"] == {
+        "HOME": "/home/deskhub",
+        "USER": "bob",
+        "LOGNAME": "bob",
+        "JUPYTERHUB_USER": "bob",
+    }
 
 
 EXPERIMENTS = {

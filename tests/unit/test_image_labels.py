@@ -338,6 +338,7 @@ def test_labels_never_collide_with_the_spawners_container_labels():
         "deskhub.gpu",
         "deskhub.gpus",
         "deskhub.home-of",
+        "deskhub.home-owner",
     }
     assert not container & LABELS
 
