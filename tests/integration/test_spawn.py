@@ -102,6 +102,7 @@ def test_home_survives_stop_and_start_and_stop_removes_container(hub):
     assert hub.docker.volumes.get("deskhubtest-home-carol").attrs["Labels"] == {
         "deskhub.managed": "true",
         "deskhub.home-of": "carol",
+        "deskhub.home-owner": "1000:1000",
     }
     hub.spawn_ready("carol")
     code, out = exec_in(hub.container("carol"), "cat ~/notes.txt")
