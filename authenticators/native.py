@@ -106,6 +106,11 @@ class DeskhubNativeAuthenticator(NativeAuthenticator):
 def configure(c: Any, site: dict[str, Any], state: Path) -> None:
     """Accounts kept in the hub's database, with sign-up an admin approves."""
     c.JupyterHub.authenticator_class = "deskhub.authenticators.native.DeskhubNativeAuthenticator"
-    c.DeskhubNativeAuthenticator.first_admin_file = str(state / "admin-credentials")
+    first_admin = state / "admin-credentials"
+    c.DeskhubNativeAuthenticator.first_admin_file = str(first_admin)
+    # the first admin stays one across restarts (a directory login never gets a
+    # default "admin": a directory user of that name would become a hub admin)
+    name = read_credentials(first_admin)[0] if first_admin.exists() else "admin"
+    c.Authenticator.admin_users = set(site["hub"]["admin_users"]) | {name}
     # NativeAuthenticator itself refuses accounts an admin has not approved
     c.Authenticator.allow_all = True

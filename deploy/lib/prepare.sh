@@ -138,10 +138,33 @@ prepare() {
   ensure_images
 }
 
+# Debian's OpenLDAP server and clients for tests/ldapserver.py, which starts its own slapd
+# (own config, own database, a free loopback port). The package's own server is never
+# wanted: debconf is told to skip its configuration (so no prompt, no database) and the
+# packaged service is stopped and disabled wherever something started it.
 ensure_test_ldap() {
-  : # filled in with issue 5's LDAP tests
+  if ! dpkg -s slapd ldap-utils >/dev/null 2>&1; then
+    echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
+    apt_install slapd ldap-utils
+  fi
+  if [ -d /run/systemd/system ]; then
+    systemctl disable --now slapd.service >/dev/null 2>&1 || true
+  elif [ -s /run/slapd/slapd.pid ] && kill -0 "$(cat /run/slapd/slapd.pid)" 2>/dev/null; then
+    # no systemd: the postinst may have started it through invoke-rc.d
+    invoke-rc.d slapd stop >/dev/null 2>&1 || kill "$(cat /run/slapd/slapd.pid)" || true
+  fi
 }
 
+# panva's oidc-provider (npm), pinned by tests/oidc/package-lock.json, into
+# tests/oidc/node_modules (gitignored); skipped when that exact version is already there
 ensure_test_oidc() {
-  : # filled in with issue 5's OpenID Connect tests
+  local dir="$DESKHUB_ROOT/tests/oidc"
+  local want have
+  want=$(sed -n 's/.*"oidc-provider": *"\([^"]*\)".*/\1/p' "$dir/package.json" | head -1)
+  have=$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' \
+    "$dir/node_modules/oidc-provider/package.json" 2>/dev/null | head -1)
+  [ -n "$want" ] && [ "$want" = "$have" ] && return 0
+  say "installing the test OpenID Connect provider (oidc-provider $want, npm)"
+  (cd "$dir" && npm ci --no-audit --no-fund >/dev/null) \
+    || die "npm could not install oidc-provider into $dir"
 }
