@@ -257,6 +257,11 @@ class DeskhubOIDCAuthenticator(GenericOAuthenticator):
         """oauthenticator's refresh (fresh userinfo with the stored tokens), then the same
         checks as a login: a user blocked, disabled or no longer allowed must log in again
         (and is refused there)."""
+        state = await user.get_auth_state()
+        if not state or GROUPS not in state:
+            # an account the provider never signed in (a workshop participant, a user an
+            # admin made through the REST API): nothing to refresh, nothing to refuse
+            return True
         refreshed = await super().refresh_user(user, handler, **kwargs)
         if not isinstance(refreshed, dict):
             return refreshed

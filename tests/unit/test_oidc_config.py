@@ -443,3 +443,18 @@ def test_group_patterns_work_on_the_groups_claim() -> None:
     userinfo = {"preferred_username": "bob", "groups": ["exp-xfm-7", "staff", "exp-../x"]}
     state = asyncio.run(auth.build_auth_state_dict({"access_token": "t"}, userinfo))
     assert state["experiments"] == ["xfm-7"]
+
+
+class AccountWithoutLogin:
+    """A hub user the provider never signed in (a workshop participant): no auth_state."""
+
+    name = "intro-ann"
+    spawners: dict = {}
+
+    async def get_auth_state(self) -> None:
+        return None
+
+
+def test_an_account_the_provider_never_signed_in_is_not_refreshed_or_refused() -> None:
+    auth = authenticator()
+    assert asyncio.run(auth.refresh_user(AccountWithoutLogin())) is True
