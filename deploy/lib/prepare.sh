@@ -161,8 +161,9 @@ ensure_test_oidc() {
   local dir="$DESKHUB_ROOT/tests/oidc"
   local want have
   want=$(sed -n 's/.*"oidc-provider": *"\([^"]*\)".*/\1/p' "$dir/package.json" | head -1)
+  # (not installed yet: no file, so no version; `|| true` keeps set -e/pipefail quiet)
   have=$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' \
-    "$dir/node_modules/oidc-provider/package.json" 2>/dev/null | head -1)
+    "$dir/node_modules/oidc-provider/package.json" 2>/dev/null | head -1 || true)
   [ -n "$want" ] && [ "$want" = "$have" ] && return 0
   say "installing the test OpenID Connect provider (oidc-provider $want, npm)"
   (cd "$dir" && npm ci --no-audit --no-fund >/dev/null) \
