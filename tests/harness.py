@@ -84,6 +84,26 @@ def wait_until_serving(
     raise RuntimeError(f"{what} did not answer in {timeout:.0f} s:\n{log_tail()}")
 
 
+def stop_process_group(proc: subprocess.Popen[bytes] | None, grace: float = 10) -> None:
+    """End a server a test started with ``start_new_session=True``, and its children:
+    SIGTERM to its process group, SIGKILL if it is still there after ``grace`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def file_tail(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a server's log file ("" before it exists)."""
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
 class Hub:
     """A deskhub instance in ``workdir``; ``start``/``stop``/``restart`` it like an admin."""
 
@@ -150,13 +170,7 @@ class Hub:
         )
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        stop_process_group(self.proc, grace=30)
         self.proc = None
 
     def restart(self) -> None:
@@ -164,9 +178,7 @@ class Hub:
         self.start()
 
     def log_tail(self, lines: int = 60) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return file_tail(self.log_path, lines)
 
     # -- REST API ------------------------------------------------------------------------
     def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness import free_port
+from tests.harness import file_tail, free_port, stop_process_group
 from tests.multinode import make_tls_material
 
 SUFFIX = "dc=deskhub,dc=test"
@@ -210,13 +208,7 @@ class LDAPServer:
         raise RuntimeError(f"slapd did not answer in {timeout:.0f} s:\n{self.log_tail()}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_process_group(self.proc)
         self.proc = None
 
     def cleanup(self) -> None:
@@ -231,9 +223,7 @@ class LDAPServer:
         self.cleanup()
 
     def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return file_tail(self.log_path, lines)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
