@@ -224,7 +224,9 @@ def evaluator(needs: Needs, policy: Policy, image: str) -> Callable[[NodeSnapsho
             if why:
                 return why, (), 0.0
         cpu = node.reserved_cpu + need_cpu
-        if cpu > node.cpus:
+        # a sum of decimal fractions is not exact (twenty 0.1 make 2.0000000000000004):
+        # compare in millicores, Docker's own granularity being finer than anyone asks for
+        if round(cpu * 1000) > round(node.cpus * 1000):
             return "cpu", (), 0.0
         memory = node.reserved_memory + need_memory
         if memory > node.memory:

@@ -42,6 +42,15 @@ def test_least_loaded_node_wins_and_reason_says_why():
     assert placement.reason == "b: 8 CPUs and 32 GiB free, 0 sessions running, image already there"
 
 
+def test_tenths_of_a_cpu_fill_a_node_exactly():
+    # found by the 40-user load benchmark: the sum of twenty 0.1 is 2.0000000000000004
+    tenth = Needs(0.1, GiB)
+    full = node("a", cpus=2, sessions=[Reservation(0.1, GiB)] * 19)
+    assert place(tenth, [full]).node == "a"
+    with pytest.raises(NoPlacement, match="no CPUs free"):
+        place(tenth, [node("a", cpus=2, sessions=[Reservation(0.1, GiB)] * 20)])
+
+
 def test_ties_are_broken_by_name():
     assert place(Needs(), [node("c"), node("a"), node("b")]).node == "a"
 
