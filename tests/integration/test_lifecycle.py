@@ -85,3 +85,23 @@ def test_site_typo_stops_the_hub_with_a_message_naming_the_key(tmp_path, docker_
     ) in log
     assert "Traceback" not in log
     assert hub.proc is not None and hub.proc.returncode == 2
+
+
+def test_the_login_form_refuses_a_wrong_password_and_takes_the_right_one(hub):
+    session = requests.Session()
+    session.get(f"{hub.url}/hub/login", timeout=30)
+    form = {"username": "admin", "_xsrf": session.cookies.get("_xsrf")}
+    wrong = session.post(
+        f"{hub.url}/hub/login",
+        data={**form, "password": hub.admin_password + "x"},
+        allow_redirects=False,
+        timeout=30,
+    )
+    assert wrong.status_code == 200 and "Invalid username or password" in wrong.text
+    right = session.post(
+        f"{hub.url}/hub/login",
+        data={**form, "password": hub.admin_password},
+        allow_redirects=False,
+        timeout=30,
+    )
+    assert right.status_code == 302
