@@ -21,18 +21,25 @@ class OptionsError(ValueError):
 def options_from_form(formdata: Mapping[str, list[Any]]) -> dict[str, str]:
     """Turn the spawn form's fields (lists of strings) into ``user_options``."""
     values = formdata.get("environment") or []
-    if len(values) != 1 or not isinstance(values[0], str) or not values[0].strip():
+    if (
+        not isinstance(values, list | tuple)
+        or len(values) != 1
+        or not isinstance(values[0], str)
+        or not values[0].strip()
+    ):
         raise OptionsError("Pick exactly one environment from the list, then press Start.")
     return {"environment": values[0].strip()}
 
 
 def choose_environment(user_options: Mapping[str, Any] | None, catalogue: Catalogue) -> Environment:
     """The environment that ``user_options`` asks for, or :class:`OptionsError`."""
+    if user_options is not None and not isinstance(user_options, Mapping):
+        raise OptionsError('The options must be a JSON object such as {"environment": "desktop"}.')
     options = dict(user_options or {})
-    unknown = sorted(set(options) - ALLOWED_KEYS)
+    unknown = sorted(set(options) - ALLOWED_KEYS, key=str)
     if unknown:
         raise OptionsError(
-            f"Unknown option {unknown[0]!r}: only 'environment' can be chosen when starting."
+            f"Unknown option {_shown(unknown[0])}: only 'environment' can be chosen when starting."
         )
     choices = ", ".join(catalogue.names()) or "none configured"
     if "environment" not in options:
@@ -45,6 +52,13 @@ def choose_environment(user_options: Mapping[str, Any] | None, catalogue: Catalo
         raise OptionsError(f"The environment must be given by its name; available: {choices}.")
     env = catalogue.get(name)
     if env is None:
-        shown = name if len(name) <= 40 else name[:40] + "…"
-        raise OptionsError(f"Unknown environment {shown!r}; pick one of: {choices}.")
+        raise OptionsError(f"Unknown environment {_shown(name)}; pick one of: {choices}.")
     return env
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """A user's value quoted for a message: at most ``limit`` characters of it, with
+    control and other unprintable characters escaped, so the message stays one short line."""
+    text = value if isinstance(value, str) else repr(value)
+    cut = text if len(text) <= limit else text[:limit] + "…"
+    return repr(cut)
