@@ -14,6 +14,7 @@ import docker
 
 from deskhub.authenticators.config import configure_auth
 from deskhub.spawner.admin import HANDLERS as NODE_HANDLERS
+from deskhub.spawner.isolation import network_options
 from deskhub.workshops.config import configure_workshops
 
 from .site import SiteConfigError, load_site
@@ -33,7 +34,12 @@ def network_gateway(network: str, endpoint: str = "unix:///var/run/docker.sock")
     found = client.networks(names=[network])
     found = [n for n in found if n["Name"] == network]
     if not found:
-        client.create_network(network, driver="bridge", labels={"deskhub.managed": "true"})
+        client.create_network(
+            network,
+            driver="bridge",
+            options=network_options(),
+            labels={"deskhub.managed": "true"},
+        )
         found = [client.inspect_network(network)]
     config = client.inspect_network(found[0]["Id"])["IPAM"]["Config"]
     return config[0]["Gateway"]
@@ -55,23 +61,101 @@ def idle_culler(timeout: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     return [service], [role]
 
 
-def configure(c: Any) -> dict[str, Any]:
-    """Apply the site config to the JupyterHub config object ``c``; returns the site config."""
+def cookie_settings(https: bool) -> dict[str, Any]:
+    """Tornado settings for the hub's cookies.
+
+    JupyterHub already marks its login and session cookies ``HttpOnly``, and ``Secure`` when
+    the request came over https (the proxy says so in ``X-Forwarded-Proto``). With TLS,
+    ``Secure`` is also set explicitly, so that a wrong header cannot drop it; the setting
+    reaches the sessions' own cookies too (``JUPYTERHUB_COOKIE_OPTIONS``). The hub's
+    ``_xsrf`` cookie is ``HttpOnly`` as well: the hub's pages get the token in the page
+    (``jhdata.xsrf_token``, hidden form fields), never from ``document.cookie``.
+    """
+    secure = {"secure": True} if https else {}
+    return {
+        "cookie_options": secure,
+        "xsrf_cookie_kwargs": {"httponly": True, **secure},
+        # never turned off: every form and cookie-authenticated API call needs the token
+        "xsrf_cookies": True,
+    }
+
+
+def configure_web(c: Any, hub: dict[str, Any]) -> None:
+    """Per-user subdomains, TLS and the cookies' flags (docs/security.md, Web isolation)."""
+    tls = hub.get("tls")
+    if tls:
+        c.JupyterHub.ssl_cert = tls["cert"]
+        c.JupyterHub.ssl_key = tls["key"]
+    subdomain_host = hub.get("subdomain_host", "")
+    if subdomain_host:
+        # USER.deskhub.example.org: each user's pages are an origin of their own
+        c.JupyterHub.subdomain_host = subdomain_host.rstrip("/")
+        if subdomain_host.startswith("https://"):
+            # the hub's login cookie can then not be set (tossed) from a user's subdomain
+            c.JupyterHub.cookie_host_prefix_enabled = True
+    public = subdomain_host or hub["bind_url"]
+    https = bool(tls) or public.startswith("https://")
+    c.JupyterHub.tornado_settings = {
+        **_current(c.JupyterHub, "tornado_settings", {}),
+        **cookie_settings(https),
+    }
+
+
+def _current(section: Any, key: str, default: Any) -> Any:
+    return section.get(key, default)
+
+
+def _first_line(err: BaseException, limit: int = 200) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def read_site() -> dict[str, Any]:
+    """The site config ($DESKHUB_SITE_CONFIG over the defaults), or exit 2 with one line."""
     try:
-        site = load_site(os.environ.get("DESKHUB_SITE_CONFIG") or None)
+        return load_site(os.environ.get("DESKHUB_SITE_CONFIG") or None)
     except SiteConfigError as err:
         print(f"deskhub: site configuration error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
+
+def local_gateway(site: dict[str, Any]) -> str:
+    """The sessions' bridge gateway on the hub's own engine (created if missing), or exit 2
+    with one line naming the engine that does not answer."""
+    local, where = next(
+        (
+            (n["endpoint"], f"'nodes.{i}.endpoint' ({n['name']})")
+            for i, n in enumerate(site["nodes"])
+            if n["endpoint"].startswith("unix://")
+        ),
+        ("unix:///var/run/docker.sock", "the local Docker engine"),
+    )
+    try:
+        return network_gateway(site["hub"]["network"], local)
+    except docker.errors.DockerException as err:
+        source = os.environ.get("DESKHUB_SITE_CONFIG") or "defaults"
+        print(
+            f"deskhub: site configuration error: {source}: {where}: cannot reach the Docker"
+            f" engine at {local} ({_first_line(err)})",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
+
+
+def configure(c: Any) -> dict[str, Any]:
+    """Apply the site config to the JupyterHub config object ``c``; returns the site config."""
+    site = read_site()
     hub = site["hub"]
     state = Path(hub.get("state_dir") or os.environ.get("DESKHUB_STATE_DIR") or DEFAULT_STATE_DIR)
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return apply_site(c, site, state, local_gateway(site))
+
+
+def apply_site(c: Any, site: dict[str, Any], state: Path, gateway: str) -> dict[str, Any]:
+    """Set JupyterHub's values from a validated site config (plain data in, values on ``c``
+    out); ``gateway`` is the sessions' bridge gateway on the hub's engine."""
+    hub = site["hub"]
     sessions = site["sessions"]
-    local = next(
-        (n["endpoint"] for n in site["nodes"] if n["endpoint"].startswith("unix://")),
-        "unix:///var/run/docker.sock",
-    )
-    gateway = network_gateway(hub["network"], local)
 
     c.JupyterHub.bind_url = hub["bind_url"]
     c.JupyterHub.hub_ip = gateway
@@ -103,8 +187,9 @@ def configure(c: Any) -> dict[str, Any]:
     remote = [n["name"] for n in site["nodes"] if not n["endpoint"].startswith("unix://")]
     if remote:
         # sessions on other hosts reach the hub's API through each node's hub_connect_url,
-        # so the API listens on every interface (still token-authenticated)
-        c.JupyterHub.hub_ip = "0.0.0.0"
+        # so the API listens on every interface (still token-authenticated), or on the one
+        # address the site names (its address on the nodes' network)
+        c.JupyterHub.hub_ip = hub.get("api_address") or "0.0.0.0"
     insecure = [
         n["name"] for n in site["nodes"] if n["endpoint"].startswith("tcp://") and "tls" not in n
     ]
@@ -115,6 +200,12 @@ def configure(c: Any) -> dict[str, Any]:
             file=sys.stderr,
         )
     c.DeskhubSpawner.network_name = hub["network"]
+    network = site["network"]
+    c.DeskhubSpawner.network_isolation = network["isolation"]
+    c.DeskhubSpawner.network_allow = network["allow"]
+    c.DeskhubSpawner.network_internet = network["internet"]
+    if "netguard_image" in network:
+        c.DeskhubSpawner.netguard_image = network["netguard_image"]
     c.DeskhubSpawner.use_internal_ip = True
     c.DeskhubSpawner.remove = True
     c.DeskhubSpawner.prefix = "deskhub"
@@ -123,10 +214,14 @@ def configure(c: Any) -> dict[str, Any]:
     c.DeskhubSpawner.pids_limit = sessions["pids_limit"]
     c.DeskhubSpawner.start_timeout = sessions["start_timeout"]
     c.DeskhubSpawner.http_timeout = sessions["start_timeout"]
+    # a session whose container died (killed, its engine restarted) is reported stopped
+    # within seconds, not JupyterHub's default 30 (a poll reads one container per session)
+    c.DeskhubSpawner.poll_interval = 10
     c.Spawner.default_url = "/lab"
     # show the progress page for every real spawn (they take seconds), while bad options,
     # refused in milliseconds, still come back as HTTP 400 to the form and the REST API
     c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 1}
+    configure_web(c, hub)
 
     # the nodes' admin page and REST API, and the navigation link to it
     c.JupyterHub.extra_handlers = list(NODE_HANDLERS)

@@ -29,6 +29,7 @@ from .catalogue import Needs
 from .containerspec import LABEL_PREFIX
 from .image_labels import environment_image_entries, environments_from_images
 from .inventory import NodeConfig, node_from_spec
+from .isolation import network_options
 from .metrics import MetricsUnavailable, NodeMetrics, PrometheusSource
 from .placement import SPREAD, NodeSnapshot, Placement, Policy, Reservation, place
 from .pulling import PullProgress, pull
@@ -166,8 +167,12 @@ class Node:
         self._polled = asyncio.Event()
         self._pending: dict[str, tuple[Reservation, float | None]] = {}
         self._cpu: dict[str, _CpuSample] = {}
-        self._networks: set[str] = set()
+        self._networks: dict[str, dict[str, Any]] = {}
         self._network_lock = asyncio.Lock()
+        # the firewall rules loaded per session bridge (netguard.ensure_isolated) since the
+        # node was last reachable: a node that went away may come back rebooted, without them
+        self.isolation_rules: dict[str, str] = {}
+        self.isolation_lock = asyncio.Lock()
         # live load from Prometheus, when the pool has a source (else docker stats)
         self.metrics: NodeMetrics | None = None
         self.metrics_at = 0.0
@@ -228,8 +233,11 @@ class Node:
             seen.add(cid)
             try:
                 stats = await asyncio.wait_for(self.stats(cid), self.timeout)
-            except (docker.errors.NotFound, TimeoutError):
-                continue  # gone, or slow to answer: its share counts at the next poll
+            except (docker.errors.APIError, ValueError, TimeoutError):
+                # gone (removed while measured, the engine may answer with an empty body:
+                # a ValueError), or slow to answer: its share counts at the next poll. The
+                # engine answered, so the node stays reachable
+                continue
             busy, self._cpu[cid] = cpu_cores_busy(self._cpu.get(cid), stats)
             load += busy
             used += memory_in_use(stats)
@@ -315,6 +323,8 @@ class Node:
         if self.snapshot.reachable or self.down_since is None:
             log.warning("node %s is not answering: %s", self.name, err)
             self.down_since = time.monotonic()
+        self.isolation_rules.clear()
+        self._networks.clear()
         self.snapshot = NodeSnapshot(
             name=self.name,
             reachable=False,
@@ -348,25 +358,28 @@ class Node:
         self.draining = draining
         self.snapshot = replace(self.snapshot, draining=draining)
 
-    async def ensure_network(self, name: str) -> None:
-        """The sessions' bridge network exists on this node (created once if missing)."""
+    async def ensure_network(self, name: str) -> dict[str, Any]:
+        """The sessions' bridge network on this node (created once if missing, with
+        inter-container traffic off), as ``docker network inspect`` gives it."""
         if name in self._networks:
-            return
+            return self._networks[name]
         # many spawns may land on a fresh node at once: Docker would create one network per
         # caller under the same name, and containers then fail on an ambiguous name
         async with self._network_lock:
             if name in self._networks:
-                return
+                return self._networks[name]
             found = [n for n in await self.call("networks", names=[name]) if n["Name"] == name]
             if not found:
                 await self.call(
                     "create_network",
                     name,
                     driver="bridge",
+                    options=network_options(),
                     check_duplicate=True,
                     labels={f"{LABEL_PREFIX}managed": "true"},
                 )
-            self._networks.add(name)
+            self._networks[name] = await self.call("inspect_network", name)
+            return self._networks[name]
 
     # -- reservations of spawns in flight --------------------------------------------------
     def reserve(self, key: str, reservation: Reservation) -> None:

@@ -29,6 +29,7 @@ import docker.errors
 from deskhub.hub_config.site import SiteConfigError, load_site
 
 from .inventory import NodeConfig, node_from_spec
+from .isolation import NETGUARD_IMAGE
 from .nodes import PULL_TIMEOUT, engine_client
 from .pulling import PullError, PullProgress, megabytes, pull
 
@@ -47,12 +48,16 @@ class NodeResult:
 
 
 def site_images(site: dict) -> list[str]:
-    """The images of the site's environments that users may pick, each once."""
+    """The images of the site's environments that users may pick, each once, and the
+    session firewall's helper image when sessions are isolated (docs/security.md)."""
     images = {
         str(spec["image"])
         for spec in (site.get("environments") or {}).values()
         if spec.get("image") and not spec.get("hidden", False)
     }
+    network = site.get("network") or {}
+    if network.get("isolation", True):
+        images.add(str(network.get("netguard_image", NETGUARD_IMAGE)))
     return sorted(images)
 
 

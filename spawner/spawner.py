@@ -16,7 +16,7 @@ from dockerspawner import DockerSpawner
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient
 from traitlets import Any as AnyTrait
-from traitlets import Callable, Dict, Float, Int, List, Tuple, Unicode, Union, default
+from traitlets import Bool, Callable, Dict, Float, Int, List, Tuple, Unicode, Union, default
 
 from .catalogue import Catalogue, Environment, MergedEnvironments, merge_environments
 from .containerspec import (
@@ -30,6 +30,8 @@ from .containerspec import (
 )
 from .data import Layout, data_mounts_for, experiments_of, login_mounts, merge_mounts, session_ids
 from .form import render_options_form
+from .isolation import NETGUARD_IMAGE
+from .netguard import IsolationFailed, IsolationPolicy, ensure_isolated
 from .nodes import Node, NodePool
 from .options import OptionsError, choose_environment, options_from_form
 from .placement import POLICIES, NoPlacement, Policy
@@ -205,6 +207,40 @@ class DeskhubSpawner(DockerSpawner):
     )
     pids_limit = Int(
         2048, config=True, help="Most processes one session may run (fork bombs stop here)."
+    )
+    network_isolation = Bool(
+        True,
+        config=True,
+        help="""Keep sessions apart on the network (site YAML ``network.isolation``): on
+        every node, sessions cannot reach each other, the node itself, any node, or private
+        address ranges; only the hub's API, DNS, ``network_allow`` and (if
+        ``network_internet``) public addresses. Needs the engine's iptables (Docker's
+        default) and the ``netguard_image``. Example: ``True``""",
+    )
+    network_allow = List(
+        Unicode(),
+        config=True,
+        help="""Destinations sessions may reach besides the hub and the internet: address
+        ranges, addresses, or ``HOST:PORT`` (TCP). Example:
+        ``["10.20.0.0/16", "10.1.2.3:3128", "mirror.example.org:443"]``""",
+    )
+    network_internet = Bool(
+        True,
+        config=True,
+        help="Whether sessions may reach public (non-private) addresses. Example: ``False``",
+    )
+    netguard_image = Unicode(
+        NETGUARD_IMAGE,
+        config=True,
+        help="""The helper image that loads the session firewall on each node
+        (images/netguard; pulled onto a node that lacks it).
+        Example: ``"registry.example.org/deskhub/netguard:1.2"``""",
+    )
+    stop_grace = Float(
+        10.0,
+        config=True,
+        help="""Seconds a stopping session gets after SIGTERM before it is killed (its
+        applications can save their state). Example: ``10``""",
     )
     home_volume_template = Unicode(
         "deskhub-home-{username}",
@@ -416,16 +452,59 @@ class DeskhubSpawner(DockerSpawner):
         self._say(20, f"Placed on {placement.reason}{note}")
 
     async def _start_on(self, node: Node, env: Environment) -> tuple[str, int]:
+        try:
+            return await self._start_steps(node, env)
+        except docker.errors.APIError as err:
+            if not _out_of_space(err):
+                raise
+            self.log.error("starting %s on %s failed: %s", self._key, node.name, err)
+            raise self._no_disk_space() from err
+
+    def _no_disk_space(self) -> StartFailed:
+        """The node's Docker storage is full: one sentence, and the next node is tried."""
+        return StartFailed(
+            f"The compute node {self.node_name} is out of disk space, so your session cannot"
+            " start there; please tell your administrator.",
+            short="it is out of disk space",
+        )
+
+    async def _start_steps(self, node: Node, env: Environment) -> tuple[str, int]:
         await self._remove_stale_elsewhere(node)
         await self._ensure_image(env)
         await self._ensure_home_volume(env)
-        await node.ensure_network(self.network_name)
+        network = await node.ensure_network(self.network_name)
         self.hub_connect_url = node.config.hub_connect_url or None
+        await self._isolate(node, network)
         self._say(60, f"Starting the desktop container on {node.name}")
         ip, port = await super().start()
         self._say(80, f"Container started on {node.name}; waiting for JupyterLab and the desktop")
         await self._wait_serving(ip, port)
         return ip, port
+
+    async def _isolate(self, node: Node, network: dict[str, Any]) -> None:
+        """The node's session firewall is loaded, or the session goes to another node."""
+        if not self.network_isolation:
+            return
+        self._say(55, f"Checking network isolation on {node.name}")
+        policy = IsolationPolicy(
+            allow=tuple(self.network_allow),
+            internet=self.network_internet,
+            image=self.netguard_image,
+        )
+        try:
+            await ensure_isolated(
+                node,
+                network,
+                policy=policy,
+                hub_url=self.hub_connect_url or self.hub.api_url,
+                nodes=[n.config for n in self.pool.nodes.values()],
+            )
+        except IsolationFailed as err:
+            self.log.error("network isolation on %s failed: %s", node.name, err)
+            raise StartFailed(
+                "No compute node could keep your session isolated; please tell your administrator.",
+                short="its network isolation could not be set up",
+            ) from err
 
     async def _wait_serving(self, ip: str, port: int) -> None:
         """Return once the server answers HTTP at ``ip:port``; raise :class:`StartFailed`
@@ -514,9 +593,41 @@ class DeskhubSpawner(DockerSpawner):
             node.mark_unreachable(err)
             return None
 
+    async def stop_object(self) -> None:
+        """``docker stop`` without holding the node's Docker thread: SIGTERM, then wait here
+        (polling), then SIGKILL after ``stop_grace`` seconds. A blocking ``docker stop``
+        kept the node's one Docker thread for up to its grace period per session, so a
+        wave of stops queued behind each other, and a slow one ran into the client's read
+        timeout and made a reachable node look down."""
+        if not await self._signal("SIGTERM"):
+            return
+        deadline = time.monotonic() + self.stop_grace
+        while time.monotonic() < deadline:
+            info = await self.docker("inspect_container", self.container_id)
+            if not info["State"]["Running"]:
+                return
+            await asyncio.sleep(0.25)
+        self.log.warning("%s did not stop in %g s; killing it", self._key, self.stop_grace)
+        await self._signal("SIGKILL")
+
+    async def _signal(self, signal: str) -> bool:
+        """Send ``signal`` to the container; False when it is gone or not running."""
+        try:
+            await self.docker("kill", self.container_id, signal=signal)
+        except docker.errors.APIError as err:
+            if err.status_code in (404, 409):  # gone, or not running
+                return False
+            raise
+        return True
+
     async def stop(self, now: bool = False) -> None:
         node = self.pool.get(self.node_name) if self.node_name else None
         if node is None:
+            self.clear_state()
+            return
+        if not self.object_id:
+            # a start that failed before (or after removing) its container: nothing to stop
+            node.stopped(self._key)
             self.clear_state()
             return
         try:
@@ -560,6 +671,8 @@ class DeskhubSpawner(DockerSpawner):
             await self.docker("inspect_image", env.image)
         except docker.errors.DockerException as err:
             self.log.error("image %s unavailable on %s: %s", env.image, node.name, err)
+            if _out_of_space(err):
+                raise self._no_disk_space() from err
             raise StartFailed(
                 f"The environment '{env.title}' is not available right now (its image is"
                 " missing); please tell your administrator.",
@@ -681,6 +794,8 @@ class DeskhubSpawner(DockerSpawner):
             return await self.docker("create_container", host_config=host_config, **spec["create"])
         except docker.errors.APIError as err:
             self.log.error("creating container for %s failed: %s", self._log_name, err)
+            if _out_of_space(err):
+                raise self._no_disk_space() from err
             raise StartFailed(
                 "Your session could not be created on its compute node; please try again,"
                 " and tell your administrator if it keeps failing.",
@@ -703,6 +818,11 @@ class StartFailed(SpawnRefused):
     def __init__(self, message: str, short: str) -> None:
         super().__init__(503, message)
         self.short = short
+
+
+def _out_of_space(err: BaseException) -> bool:
+    """True when the engine failed because its storage (the Docker data root) is full."""
+    return "no space left on device" in str(err).lower()
 
 
 def _is_connection_error(err: BaseException) -> bool:

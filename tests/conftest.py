@@ -16,7 +16,7 @@ import pytest
 from tests.harness import Hub, example_site, free_port, make_data
 from tests.multinode import EngineCluster, NodeSpec, ensure_node_image
 
-IMAGES = ("deskhub/base:latest", "deskhub/xfm:latest")
+IMAGES = ("deskhub/base:latest", "deskhub/xfm:latest", "deskhub/netguard:latest")
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +63,7 @@ NODE_SPECS = [
     NodeSpec("node-c", gpu=True),
 ]
 SESSION_IMAGE = "deskhub/base:latest"
+NETGUARD_IMAGE = "deskhub/netguard:latest"
 
 
 def load_everywhere(cluster: EngineCluster, image: str) -> float:
@@ -111,6 +112,8 @@ def session_cluster(cluster: EngineCluster) -> EngineCluster:
     """The nodes, with the session image on each."""
     seconds = load_everywhere(cluster, SESSION_IMAGE)
     print(f"loaded {SESSION_IMAGE} into {len(cluster.nodes)} nodes in {seconds:.0f} s")
+    # the helper that loads each node's session firewall (spawner/netguard.py)
+    load_everywhere(cluster, NETGUARD_IMAGE)
     return cluster
 
 

@@ -26,6 +26,8 @@ import docker
 import requests
 import yaml
 
+from deskhub.spawner.isolation import bridge_name, chain_names
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 HUB_CONFIG = ROOT / "hub_config" / "jupyterhub_config.py"
@@ -229,6 +231,25 @@ class Hub:
             time.sleep(0.25)
         raise TimeoutError(f"{user}'s server did not stop in {timeout}s")
 
+    def progress_events(self, user: str, timeout: float = 90) -> list[dict[str, Any]]:
+        """The events of the user's spawn progress stream, until ready or failed."""
+        events: list[dict[str, Any]] = []
+        with requests.get(
+            f"{self.url}/hub/api/users/{user}/server/progress",
+            headers={"Authorization": f"token {self.token}"},
+            stream=True,
+            timeout=timeout,
+        ) as response:
+            response.raise_for_status()
+            for line in response.iter_lines(decode_unicode=True):
+                if not line or not line.startswith("data:"):
+                    continue
+                event = json.loads(line.removeprefix("data:"))
+                events.append(event)
+                if event.get("ready") or event.get("failed"):
+                    break
+        return events
+
     def admin_session(self) -> requests.Session:
         """A browser-like session logged in through the login form as the first admin."""
         session = requests.Session()
@@ -280,7 +301,20 @@ class Hub:
         # Docker's name filter matches prefixes too ("deskhub-test" finds "deskhub-test-nodes")
         for network in self.docker.networks.list(names=[self.network]):
             if network.name == self.network:
+                remove_isolation(network.attrs)
                 network.remove()
+
+
+def remove_isolation(network: dict[str, Any]) -> None:
+    """Remove the session firewall the hub loaded for ``network`` on this machine
+    (spawner/netguard.py), so that test runs leave no chains behind."""
+    bridge = bridge_name(network)
+    for parent, chain in zip(("INPUT", "DOCKER-USER"), chain_names(bridge), strict=True):
+        jump = [parent, "-i", bridge, "-j", chain]
+        while subprocess.run(["iptables", "-w", "-D", *jump], capture_output=True).returncode == 0:
+            pass
+        subprocess.run(["iptables", "-w", "-F", chain], capture_output=True)
+        subprocess.run(["iptables", "-w", "-X", chain], capture_output=True)
 
 
 # deploy/test builds mx and imaging in the background while the first tests run (see

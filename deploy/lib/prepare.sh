@@ -85,7 +85,7 @@ ensure_test_registry() {
 # environment images (mx, imaging: several minutes each on a fresh machine) are built in
 # the background by start_background_images, and the hub offers each one as its build
 # lands (the catalogue comes from the images' labels).
-FIRST_IMAGES=(base xfm)
+FIRST_IMAGES=(base netguard xfm)
 
 ensure_images() {
   DESKHUB_PYTHON="$VENV/bin/python" "$DESKHUB_ROOT/images/build" "${FIRST_IMAGES[@]}"

@@ -13,7 +13,6 @@ server), not the multi-GB desktops.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -24,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 
 from tests.conftest import running
@@ -100,6 +98,8 @@ class Pipeline:
             },
             "placement": {"poll_interval": 1, "node_timeout": 5},
             "sessions": {"idle_timeout": 0, "start_timeout": 60},
+            # the pipeline's own images only (the firewall on nodes: test_multinode.py)
+            "network": {"isolation": False},
             "nodes": [self.cluster["worker"].site_entry(hub_connect_url=hub_url)]
             + (extra_nodes or []),
         }
@@ -190,26 +190,6 @@ def test_a_second_build_comes_from_the_cache_and_a_changed_image_is_rebuilt(
     assert seconds < 30, again.stderr
 
 
-def sse_events(hub: Hub, user: str, timeout: float = 90) -> list[dict]:
-    """The events of the user's spawn progress stream, until ready or failed."""
-    events: list[dict] = []
-    with requests.get(
-        f"{hub.url}/hub/api/users/{user}/server/progress",
-        headers={"Authorization": f"token {hub.token}"},
-        stream=True,
-        timeout=timeout,
-    ) as response:
-        response.raise_for_status()
-        for line in response.iter_lines(decode_unicode=True):
-            if not line or not line.startswith("data:"):
-                continue
-            event = json.loads(line.removeprefix("data:"))
-            events.append(event)
-            if event.get("ready") or event.get("failed"):
-                break
-    return events
-
-
 @pytest.fixture(scope="module")
 def pipeline_hub(built: Pipeline) -> Iterator[Hub]:
     site = built.site(
@@ -274,7 +254,7 @@ def test_prepull_onto_a_second_engine_then_spawn_there(built: Pipeline, pipeline
     # the hub starts the pre-pulled image on the worker without a pull
     pipeline_hub.ensure_user("alice")
     assert pipeline_hub.spawn("alice", {"environment": "app"}).status_code in (201, 202)
-    messages = [e.get("message", "") for e in sse_events(pipeline_hub, "alice")]
+    messages = [e.get("message", "") for e in pipeline_hub.progress_events("alice")]
     assert messages[-1].startswith("Server ready"), messages
     assert not any("Pulling" in m for m in messages), messages
     container = worker.containers.get("deskhubpipe-alice")
@@ -288,7 +268,7 @@ def test_a_spawn_that_pulls_shows_the_pull_on_its_progress_stream(
     bulky = built.ref("bulky")
     pipeline_hub.ensure_user("bob")
     assert pipeline_hub.spawn("bob", {"environment": "bulky"}).status_code in (201, 202)
-    events = sse_events(pipeline_hub, "bob")
+    events = pipeline_hub.progress_events("bob")
     messages = [e.get("message", "") for e in events]
     assert events[-1].get("ready"), messages
     assert f"Pulling {bulky} onto worker (first use there)" in messages, messages
@@ -309,7 +289,7 @@ def test_a_missing_image_gives_one_sentence(pipeline_hub: Hub) -> None:
     if response.status_code == 503:
         message = response.json()["message"]
     else:
-        events = sse_events(pipeline_hub, "carol")
+        events = pipeline_hub.progress_events("carol")
         assert events[-1].get("failed"), events
         message = events[-1]["message"]
         assert message.startswith("Spawn failed: The environment"), message

@@ -18,6 +18,7 @@ import requests
 
 from tests.harness import Hub
 from tests.multinode import TINY_IMAGE, EngineCluster
+from tests.netprobe import connect_from
 
 pytestmark = pytest.mark.docker
 
@@ -106,6 +107,21 @@ def test_sessions_spread_over_the_nodes_and_are_served_across_hosts(mn):
         assert status.status_code == 200, status.text
         assert "GPU" not in placed_line(hub, user)  # a CPU session is told nothing of GPUs
         assert container.attrs["HostConfig"]["DeviceRequests"] is None
+
+
+def test_a_session_reaches_the_hub_but_no_engine_and_no_session_on_another_node(mn):
+    hub, cluster = mn
+    (node_a, ann), (node_b, ben) = find(cluster, hub, "ann"), find(cluster, hub, "ben")
+    assert node_a != node_b
+    hub_api = f"{cluster.gateway}:{hub.api_port}"
+    bens_port = ben.attrs["NetworkSettings"]["Ports"]["8888/tcp"][0]["HostPort"]
+    engines = [f"{node.ip}:{node.port}" for node in cluster]  # its own node's among them
+    targets = [hub_api, f"{cluster[node_b].ip}:{bens_port}", *engines]
+    seen = connect_from(ann, targets)
+    # each engine answers the hub (the test's client), and ben's server answers the proxy
+    assert hub.user_get("ben", "api/status").status_code == 200
+    assert seen == {hub_api: "open", **{target: "timeout" for target in targets[1:]}}
+    assert f"node {node_a}: sessions on br-" in hub.log_tail(5000)
 
 
 def test_the_node_that_holds_the_image_is_preferred(mn):
