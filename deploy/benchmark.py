@@ -13,6 +13,13 @@ Run it with ``deploy/benchmark`` (which prepares the machine first). Its section
   building the node snapshots (``deploy/bench_placement.py``; pure CPU, about 15 s).
 - ``concurrent``: 30 spawns at once on deskhub over three real engines, then on stock
   DockerSpawner on the host engine (``deploy/bench_placement.py``; several minutes).
+- ``load``: 40 simulated users (``--load-users``) in waves of 10 (``--load-wave``) log in
+  on the native login form, spawn, open the desktop's VNC websocket and a kernel, and stop,
+  while a probe times the hub's API every 0.5 s: failed spawns, lost sessions, API latency
+  p50/p95, the hub's CPU and memory (``deploy/bench_load.py``; 10 to 15 minutes). It exits
+  with status 1 (after writing its section) when a spawn or any other step of a user failed,
+  a session was lost, the hub did not answer a probe in 10 s, or a stopped session's
+  container stayed. Not a test: run it on a quiet machine.
 
 ``--only placement concurrent`` runs only those (default: all). Each section is written to
 docs/benchmarks.md between the markers ``<!-- benchmark:NAME -->`` and
@@ -40,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
 
-from deploy import bench_environments, bench_placement  # noqa: E402
+from deploy import bench_environments, bench_load, bench_placement  # noqa: E402
 from deskhub.hub_config.hub import network_gateway  # noqa: E402
 from deskhub.hub_config.site import load_site  # noqa: E402
 from deskhub.spawner.catalogue import Catalogue  # noqa: E402
@@ -52,12 +59,12 @@ DEFAULT_DESKTOP = Catalogue.from_site(DEFAULTS["environments"]).default
 assert DEFAULT_DESKTOP is not None
 START_TIMEOUT = DEFAULTS["sessions"]["start_timeout"]
 
-SECTIONS = ("sessions", "environments", "placement", "concurrent")
+SECTIONS = ("sessions", "environments", "placement", "concurrent", "load")
 TITLE = "# deskhub benchmarks"
 INTRO = (
     "Written by `deploy/benchmark`; each section says when and on what machine it was "
     "measured. `deploy/benchmark --only SECTION` reruns one section (`sessions`, "
-    "`environments`, `placement`, `concurrent`) and keeps the others."
+    "`environments`, `placement`, `concurrent`, `load`) and keeps the others."
 )
 
 STOCK_CONFIG = """
@@ -295,6 +302,28 @@ def run_environments(args: argparse.Namespace, client: docker.DockerClient, mach
     return bench_environments.markdown(images, timings, now(), machine)
 
 
+def run_load(args: argparse.Namespace, client: docker.DockerClient, machine: str) -> str:
+    """The load run; its section is written even when it failed, then the script exits 1."""
+    result = bench_load.run_load(
+        users=args.load_users,
+        wave=args.load_wave,
+        keep=args.load_keep,
+        cpu=args.load_cpu,
+        memory=args.load_memory,
+        ncpu=client.info()["NCPU"],
+    )
+    text = bench_load.load_markdown(result, now(), machine)
+    failed = bench_load.problems(result)
+    if failed:
+        write_sections(args.out, {"load": text})
+        print(text, flush=True)
+        print("[bench] load: FAILED:", *failed, sep="\n  ", file=sys.stderr, flush=True)
+        print(f"[bench] load: the hub's log: {result['log']}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
+    result["log"].unlink(missing_ok=True)
+    return text
+
+
 def now() -> str:
     return f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
 
@@ -363,6 +392,24 @@ def main() -> None:
     parser.add_argument(
         "--users", type=int, default=bench_placement.USERS, help="spawns at once (concurrent)"
     )
+    parser.add_argument(
+        "--load-users", type=int, default=bench_load.USERS, help="simulated users (load)"
+    )
+    parser.add_argument(
+        "--load-wave", type=int, default=bench_load.WAVE, help="users per wave (load)"
+    )
+    parser.add_argument(
+        "--load-keep",
+        type=int,
+        default=bench_load.KEEP,
+        help="waves kept running while the next one arrives (load)",
+    )
+    parser.add_argument(
+        "--load-cpu", type=float, default=bench_load.CPU, help="CPUs per session (load)"
+    )
+    parser.add_argument(
+        "--load-memory", default=bench_load.MEMORY, help="memory per session (load)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
 
@@ -381,6 +428,8 @@ def main() -> None:
         elif name == "placement":
             result = bench_placement.run_placement(decisions=args.decisions)
             new[name] = bench_placement.placement_markdown(result, now(), machine)
+        elif name == "load":
+            new[name] = run_load(args, client, machine)
         else:
             result = bench_placement.run_concurrent(
                 client,
