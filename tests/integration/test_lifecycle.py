@@ -45,7 +45,7 @@ def test_progress_says_where_and_why(hub):
 
 def test_idle_sessions_are_culled_and_homes_kept(tmp_path, docker_client):
     site = example_site(make_data(tmp_path / "data"))
-    site["sessions"]["idle_timeout"] = 20
+    site["sessions"]["idle_timeout"] = 10  # the culler looks every 5 s
     hub = Hub(tmp_path, site, prefix="deskhubcull", network="deskhub-cull")
     hub.cleanup()
     try:
