@@ -293,8 +293,11 @@ class Hub:
     def cleanup(self) -> None:
         """Remove everything this hub created: containers, homes, its network."""
         self.stop()
-        for container in self.containers():
-            container.remove(force=True)
+        # all at once: a workshop's twenty one after the other took 45 s
+        containers = self.containers()
+        if containers:
+            with ThreadPoolExecutor(min(len(containers), 8)) as pool:
+                list(pool.map(lambda c: c.remove(force=True), containers))
         for volume in self.docker.volumes.list(filters={"label": "deskhub.managed=true"}):
             if volume.name.startswith(f"{self.prefix}-home-"):
                 volume.remove(force=True)

@@ -138,6 +138,10 @@ class DesktopSession:
         """Where the largest viewable window named ``title`` (a regex) is, if one is (an
         application may own several windows of that name: PyMOL's are hidden but one)."""
         code, tree = self.x("xwininfo -root -tree")
+        if code != 0 and "Can't query window tree" in tree:
+            # a window went away while xwininfo walked the tree (a splash screen, say):
+            # not found this time; the caller polls again
+            return None
         assert code == 0, tree
         windows = []
         for found in re.finditer(rf'^\s+(0x[0-9a-f]+) "{title}"', tree, re.MULTILINE):

@@ -32,9 +32,11 @@ def iso(tmp_path_factory, docker_client, lan: str) -> Iterator[Hub]:
     site = example_site(make_data(work / "data"))
     site["network"] = {"allow": [f"{lan}:{ALLOWED_PORT}"]}
     with running(Hub(work, site, prefix="deskhubiso", network="deskhub-iso")) as hub:
-        for user in ("ann", "bob"):
+        for user in ("ann", "bob"):  # both start at once
             hub.ensure_user(user)
-            hub.spawn_ready(user)
+            assert hub.spawn(user).status_code in (201, 202)
+        for user in ("ann", "bob"):
+            hub.wait_ready(user)
         yield hub
 
 
